@@ -1,0 +1,55 @@
+"""Argument checks shared by the functional ops: clear errors, nothing coerced silently."""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+SEED_LIMIT = 1 << 63
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_p(p, name: str = "p") -> float:
+    """A drop probability as a Python float in [0, 1]."""
+    if isinstance(p, torch.Tensor):
+        if p.numel() != 1 or p.dtype == torch.bool or p.is_complex():
+            raise TypeError(f"{name} must be a real number or a one-element tensor, got a tensor of shape {tuple(p.shape)} and dtype {p.dtype}")
+        p = p.item()
+    if isinstance(p, bool) or not isinstance(p, numbers.Real):
+        raise TypeError(f"{name} must be a real number in [0, 1], got {type(p).__name__} {p!r}")
+    p = float(p)
+    if math.isnan(p) or not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {p}")
+    return p
+
+
+def check_float_tensor(x, name: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64), got {x.dtype}")
+    return x
+
+
+def check_mode(mode) -> bool:
+    """``"sample"`` -> True (one draw per sample), ``"batch"`` -> False."""
+    if mode not in ("sample", "batch"):
+        raise ValueError(f"mode must be one of ('sample', 'batch'), got {mode!r}")
+    return mode == "sample"
+
+
+def resolve_seed(seed, device: torch.device) -> torch.Tensor:
+    """A 0-d int64 seed tensor on ``device``; ``None`` draws one from PyTorch's default generator."""
+    if seed is None:
+        return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=device)
+    if isinstance(seed, torch.Tensor):
+        if seed.dim() != 0 or seed.dtype != torch.int64:
+            raise TypeError(f"seed tensor must be 0-d int64, got shape {tuple(seed.shape)} and dtype {seed.dtype}")
+        return seed.to(device)
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int in [0, 2**63) or a 0-d int64 tensor, got {type(seed).__name__} {seed!r}")
+    if not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+    return torch.tensor(int(seed), dtype=torch.int64, device=device)

@@ -1,0 +1,8 @@
+"""``torch.library`` custom ops (namespace ``effdrop``): one file per op.
+
+Each op takes the seed as a 0-d int64 tensor and a ``use_triton`` flag fixed at call
+time, so backward runs on the backend its forward ran on and regenerates the mask
+from the seed; nothing per element is saved for backward.
+"""
+
+from . import drop_channel, drop_layer, drop_neuron, drop_path  # noqa: F401  (registers the ops)

@@ -1,0 +1,97 @@
+"""Drop-layer custom ops: the fused residual add ``shortcut + gate * branch / (1 - p)``
+and the per-sample gate of its branch gradient (``layer_gate``, its own derivative)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import philox
+from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
+from .unit_gate import unit_gate, unit_keep_table
+
+
+def _layer_inputs(branch: Tensor, shortcut: Tensor):
+    """Branch and shortcut in one per-sample-dense layout (the shortcut's, when it has one)."""
+    channels_last = not shortcut.is_contiguous() and is_channels_last(shortcut)
+    shortcut = to_dense_layout(shortcut, channels_last)
+    branch = branch if branch.stride() == shortcut.stride() else to_dense_layout(branch, channels_last)
+    return branch, shortcut
+
+
+def drop_layer_torch(branch: Tensor, shortcut: Tensor, out: Tensor, seed: Tensor, p: float, per_sample: bool) -> None:
+    """Fallback: one ``addcmul`` pass (a ``copy_`` when everything is dropped)."""
+    if p >= 1.0:
+        out.copy_(shortcut)
+        return
+    N = branch.shape[0]
+    keep = unit_keep_table(N, 1, seed, p, stream=philox.STREAM_LAYER, per_sample=per_sample,
+                           units_per_sample=1, device=branch.device)
+    compute_dtype = torch.float64 if branch.dtype == torch.float64 else torch.float32
+    factor = keep.to(compute_dtype).mul_(philox.keep_scale(p)).view(N, *([1] * (branch.dim() - 1)))
+    if branch.dtype == compute_dtype:
+        torch.addcmul(shortcut, branch, factor, out=out)
+    else:  # fp16/bf16: add in fp32, round once
+        out.copy_(torch.addcmul(shortcut.to(compute_dtype), branch, factor))
+
+
+@torch.library.custom_op("effdrop::drop_layer", mutates_args=())
+def drop_layer_op(branch: Tensor, shortcut: Tensor, seed: Tensor, p: float, per_sample: bool,
+                  use_triton: bool) -> Tensor:
+    branch, shortcut = _layer_inputs(branch, shortcut)
+    out = empty_dense_like(shortcut)
+    if out.numel() == 0:
+        return out
+    if use_triton:
+        from effdrop_triton.kernels.drop_layer import drop_layer_triton
+
+        drop_layer_triton(branch, shortcut, out, seed, p, per_sample)
+    else:
+        drop_layer_torch(branch, shortcut, out, seed, p, per_sample)
+    return out
+
+
+@drop_layer_op.register_fake
+def _(branch, shortcut, seed, p, per_sample, use_triton):
+    return empty_dense_like(_layer_inputs(branch, shortcut)[1])
+
+
+@torch.library.custom_op("effdrop::layer_gate", mutates_args=())
+def layer_gate_op(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> Tensor:
+    """``x * gate[n] / (1 - p)``: the gradient of the branch of ``drop_layer``."""
+    x = x if is_sample_dense(x) else x.contiguous()
+    out = empty_dense_like(x)
+    if out.numel():
+        unit_gate(per_sample_rows(x), per_sample_rows(out), seed, p, use_triton,
+                  stream=philox.STREAM_LAYER, per_sample=per_sample, units_per_sample=1)
+    return out
+
+
+@layer_gate_op.register_fake
+def _(x, seed, p, per_sample, use_triton):
+    return empty_dense_like(x if is_sample_dense(x) else x.contiguous())
+
+
+def _setup_layer(ctx, inputs, output):
+    _, _, seed, ctx.p, ctx.per_sample, ctx.use_triton = inputs
+    ctx.save_for_backward(seed)
+
+
+def _backward_layer(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    grad_branch = layer_gate_op(grad, seed, ctx.p, ctx.per_sample, ctx.use_triton)
+    return grad_branch, grad, None, None, None, None
+
+
+def _setup_gate(ctx, inputs, output):
+    _, seed, ctx.p, ctx.per_sample, ctx.use_triton = inputs
+    ctx.save_for_backward(seed)
+
+
+def _backward_gate(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    return layer_gate_op(grad, seed, ctx.p, ctx.per_sample, ctx.use_triton), None, None, None, None
+
+
+drop_layer_op.register_autograd(_backward_layer, setup_context=_setup_layer)
+layer_gate_op.register_autograd(_backward_gate, setup_context=_setup_gate)

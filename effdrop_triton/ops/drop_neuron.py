@@ -1,0 +1,46 @@
+"""Drop-neuron custom op: fallback, Triton dispatch, autograd (backward = same op on the gradient)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .. import philox
+from .._layout import empty_dense_like
+
+
+def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
+    """Fallback: the documented 16-bit mask, generated with Philox in int64 arithmetic."""
+    out = empty_dense_like(x)
+    if p >= 1.0:
+        return out.zero_()
+    drop = philox.neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
+    torch.mul(x, philox.keep_scale(p), out=out)
+    return out.masked_fill_(drop, 0)
+
+
+@torch.library.custom_op("effdrop::drop_neuron", mutates_args=())
+def drop_neuron_op(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
+    if use_triton:
+        from effdrop_triton.kernels.drop_neuron import drop_neuron_triton
+
+        return drop_neuron_triton(x, seed, p)
+    return drop_neuron_torch(x, seed, p)
+
+
+@drop_neuron_op.register_fake
+def _(x, seed, p, use_triton):
+    return empty_dense_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    _, seed, ctx.p, ctx.use_triton = inputs
+    ctx.save_for_backward(seed)
+
+
+def _backward(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    return drop_neuron_op(grad, seed, ctx.p, ctx.use_triton), None, None, None
+
+
+drop_neuron_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,121 @@
+"""Drop-path custom ops: gate the paths of a multi-path transformation.
+
+``drop_path_cat`` gates a list of branches straight into their concatenation and
+``drop_path_split`` is its backward (gate the gradient, split it per branch); each is
+the other's derivative. ``drop_path_groups`` gates the ``groups`` equal channel blocks
+of one tensor and is its own derivative.
+"""
+
+from __future__ import annotations
+
+from typing import List
+
+import torch
+from torch import Tensor
+
+from .. import philox
+from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_last
+from .unit_gate import unit_gate
+
+
+def _cat_output(branches: List[Tensor]) -> Tensor:
+    first = branches[0]
+    shape = (first.shape[0], sum(b.shape[1] for b in branches), *first.shape[2:])
+    channels_last = all(not b.is_contiguous() and is_channels_last(b) for b in branches)
+    return empty_dense(shape, channels_last, first.dtype, first.device)
+
+
+def _split_outputs(grad: Tensor, sizes: List[int]) -> List[Tensor]:
+    return [empty_dense_like(grad, (grad.shape[0], size, *grad.shape[2:])) for size in sizes]
+
+
+@torch.library.custom_op("effdrop::drop_path_cat", mutates_args=())
+def drop_path_cat_op(branches: List[Tensor], seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> Tensor:
+    out = _cat_output(branches)
+    out_ncs = as_ncs(out)
+    offset = 0
+    for index, branch in enumerate(branches):
+        size = branch.shape[1]
+        if branch.numel():
+            unit_gate(as_ncs(branch), out_ncs.narrow(1, offset, size), seed, p, use_triton,
+                      stream=philox.STREAM_PATH, per_sample=per_sample, units_per_sample=len(branches),
+                      unit_base=index, channels_per_unit=size)
+        offset += size
+    return out
+
+
+@drop_path_cat_op.register_fake
+def _(branches, seed, p, per_sample, use_triton):
+    return _cat_output(branches)
+
+
+@torch.library.custom_op("effdrop::drop_path_split", mutates_args=())
+def drop_path_split_op(grad: Tensor, seed: Tensor, p: float, per_sample: bool, sizes: List[int],
+                       use_triton: bool) -> List[Tensor]:
+    outs = _split_outputs(grad, sizes)
+    grad_ncs = as_ncs(grad)
+    offset = 0
+    for index, (size, out) in enumerate(zip(sizes, outs)):
+        if out.numel():
+            unit_gate(grad_ncs.narrow(1, offset, size), as_ncs(out), seed, p, use_triton,
+                      stream=philox.STREAM_PATH, per_sample=per_sample, units_per_sample=len(sizes),
+                      unit_base=index, channels_per_unit=size)
+        offset += size
+    return outs
+
+
+@drop_path_split_op.register_fake
+def _(grad, seed, p, per_sample, sizes, use_triton):
+    return _split_outputs(grad, sizes)
+
+
+@torch.library.custom_op("effdrop::drop_path_groups", mutates_args=())
+def drop_path_groups_op(x: Tensor, seed: Tensor, p: float, groups: int, per_sample: bool, use_triton: bool) -> Tensor:
+    out = empty_dense_like(x)
+    if x.numel():
+        unit_gate(as_ncs(x), as_ncs(out), seed, p, use_triton,
+                  stream=philox.STREAM_PATH, per_sample=per_sample, units_per_sample=groups,
+                  channels_per_unit=x.shape[1] // groups)
+    return out
+
+
+@drop_path_groups_op.register_fake
+def _(x, seed, p, groups, per_sample, use_triton):
+    return empty_dense_like(x)
+
+
+def _setup_cat(ctx, inputs, output):
+    branches, seed, ctx.p, ctx.per_sample, ctx.use_triton = inputs
+    ctx.sizes = [b.shape[1] for b in branches]
+    ctx.save_for_backward(seed)
+
+
+def _backward_cat(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    grads = drop_path_split_op(grad, seed, ctx.p, ctx.per_sample, ctx.sizes, ctx.use_triton)
+    return list(grads), None, None, None, None
+
+
+def _setup_split(ctx, inputs, output):
+    _, seed, ctx.p, ctx.per_sample, _, ctx.use_triton = inputs
+    ctx.save_for_backward(seed)
+
+
+def _backward_split(ctx, grads):
+    (seed,) = ctx.saved_tensors
+    return drop_path_cat_op(list(grads), seed, ctx.p, ctx.per_sample, ctx.use_triton), None, None, None, None, None
+
+
+def _setup_groups(ctx, inputs, output):
+    _, seed, ctx.p, ctx.groups, ctx.per_sample, ctx.use_triton = inputs
+    ctx.save_for_backward(seed)
+
+
+def _backward_groups(ctx, grad):
+    (seed,) = ctx.saved_tensors
+    return drop_path_groups_op(grad, seed, ctx.p, ctx.groups, ctx.per_sample, ctx.use_triton), None, None, None, None, None
+
+
+drop_path_cat_op.register_autograd(_backward_cat, setup_context=_setup_cat)
+drop_path_split_op.register_autograd(_backward_split, setup_context=_setup_split)
+drop_path_groups_op.register_autograd(_backward_groups, setup_context=_setup_groups)

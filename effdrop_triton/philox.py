@@ -1,0 +1,138 @@
+"""Philox4x32-10 in plain PyTorch integer arithmetic, and the keep rules of every level.
+
+This is the fallback's random number generator and the documented definition of a
+mask; the Triton kernels (``effdrop_triton.kernels.philox``) call ``tl.philox`` with
+the same counter words and must agree bit for bit.
+
+Counter layout (four 32-bit words) for gated unit ``i`` (an int64 index)::
+
+    (i & 0xFFFFFFFF, i >> 32, stream, 0), key = (seed & 0xFFFFFFFF, seed >> 32)
+
+``stream`` names the level (``STREAM_*`` below), so the four levels never share
+random numbers for the same seed.
+
+Keep rules:
+
+* drop-neuron: element ``i`` (the row-major index in the tensor's logical shape,
+  whatever its memory layout) uses Philox call ``g = i // 8``; its 16-bit number is
+  half ``i % 2`` (0 = low bits) of output word ``(i % 8) // 2``. The element is kept
+  when that number is below ``round((1 - p) * 2**16)``.
+* drop-channel / drop-path / drop-layer: unit ``u`` uses output word 0 of Philox call
+  ``u`` and is kept when it is below ``round((1 - p) * 2**32)``. Units are
+  ``n * C + c`` (channel), ``n * P + path`` or ``path`` (path, sample / batch mode),
+  ``n`` or ``0`` (layer, sample / batch mode).
+
+Kept values are multiplied by the fp32 scale ``1 / (1 - p)`` (0 when ``p == 1``).
+
+Products of two 32-bit words are formed in int64: they wrap like unsigned 64-bit
+products, so the low half is ``prod & MASK`` and the high half ``(prod >> 32) & MASK``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+MASK32 = 0xFFFFFFFF
+ROUND_A = 0xD2511F53
+ROUND_B = 0xCD9E8D57
+KEY_A = 0x9E3779B9
+KEY_B = 0xBB67AE85
+N_ROUNDS = 10
+
+STREAM_NEURON = 0
+STREAM_CHANNEL = 1
+STREAM_PATH = 2
+STREAM_LAYER = 3
+
+NEURON_BITS = 16
+UNIT_BITS = 32
+
+# Philox calls per chunk of the neuron mask: keeps the int64 work buffers in cache.
+_NEURON_CHUNK_CALLS = 1 << 17
+
+
+def neuron_threshold(p: float) -> int:
+    """Integer threshold of the 16-bit keep rule."""
+    return int(round((1.0 - p) * (1 << NEURON_BITS)))
+
+
+def unit_threshold(p: float) -> int:
+    """Integer threshold of the 32-bit keep rule."""
+    return int(round((1.0 - p) * (1 << UNIT_BITS)))
+
+
+def keep_scale(p: float) -> float:
+    """Scale applied to kept values (inverted dropout)."""
+    return 0.0 if p >= 1.0 else 1.0 / (1.0 - p)
+
+
+def seed_key(seed: torch.Tensor):
+    """The two 32-bit key words of a 0-d int64 seed tensor (Python ints on CPU)."""
+    if seed.device.type == "cpu":
+        value = int(seed)
+        return value & MASK32, (value >> 32) & MASK32
+    return seed & MASK32, (seed >> 32) & MASK32
+
+
+def philox4x32_(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
+    """Philox4x32 on int64 tensors holding 32-bit words; overwrites its inputs.
+
+    Returns the four output words as int64 tensors in ``[0, 2**32)``.
+    """
+    prod0 = torch.empty_like(c0)
+    prod1 = torch.empty_like(c0)
+    high = torch.empty_like(c0)
+    for _ in range(n_rounds):
+        torch.mul(c0, ROUND_A, out=prod0)
+        torch.mul(c2, ROUND_B, out=prod1)
+        # new c0 = hi(B * c2) ^ c1 ^ k0, built in c1's buffer
+        torch.bitwise_right_shift(prod1, 32, out=high)
+        high &= MASK32
+        c1 ^= high
+        c1 ^= k0
+        # new c2 = hi(A * c0) ^ c3 ^ k1, built in c3's buffer
+        torch.bitwise_right_shift(prod0, 32, out=high)
+        high &= MASK32
+        c3 ^= high
+        c3 ^= k1
+        # new c1 = lo(B * c2), new c3 = lo(A * c0)
+        torch.bitwise_and(prod1, MASK32, out=c0)
+        torch.bitwise_and(prod0, MASK32, out=c2)
+        c0, c1, c2, c3 = c1, c0, c3, c2
+        k0 = (k0 + KEY_A) & MASK32
+        k1 = (k1 + KEY_B) & MASK32
+    return c0, c1, c2, c3
+
+
+def philox_words(counter: torch.Tensor, seed: torch.Tensor, stream: int):
+    """The four output words for int64 ``counter`` indices under the documented layout."""
+    k0, k1 = seed_key(seed)
+    c0 = counter & MASK32
+    c1 = counter >> 32
+    c2 = torch.full_like(counter, stream)
+    c3 = torch.zeros_like(counter)
+    return philox4x32_(c0, c1, c2, c3, k0, k1)
+
+
+def unit_keep(units: torch.Tensor, seed: torch.Tensor, stream: int, p: float) -> torch.Tensor:
+    """Boolean keep decision for each int64 unit index in ``units``."""
+    word0 = philox_words(units, seed, stream)[0]
+    return word0 < unit_threshold(p)
+
+
+def neuron_keep(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.Tensor:
+    """Flat boolean keep mask of ``numel`` elements, in logical row-major order."""
+    device = seed.device if device is None else device
+    seed = seed.to(device)
+    threshold = neuron_threshold(p)
+    calls = (numel + 7) // 8
+    keep = torch.empty(calls * 8, dtype=torch.bool, device=device)
+    for start in range(0, calls, _NEURON_CHUNK_CALLS):
+        stop = min(calls, start + _NEURON_CHUNK_CALLS)
+        counter = torch.arange(start, stop, dtype=torch.int64, device=device)
+        words = torch.stack(philox_words(counter, seed, STREAM_NEURON), dim=1)
+        # element 8g + 2w + h takes half h of word w
+        out = keep[start * 8 : stop * 8].view(-1, 4, 2)
+        torch.lt(words & 0xFFFF, threshold, out=out[:, :, 0])
+        torch.lt(words >> 16, threshold, out=out[:, :, 1])
+    return keep[:numel]

@@ -1,0 +1,53 @@
+"""Drop-layer: ``shortcut + gate * branch / (1 - p)`` in one pass, gate per sample or per batch.
+
+The branch of a dropped sample is never read.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from effdrop_triton.philox import keep_scale, unit_threshold
+
+from .philox import STREAM_LAYER, unit_keep
+
+
+@triton.jit
+def _drop_layer_kernel(
+    branch_ptr,  # (N, M) per-sample-contiguous branch
+    shortcut_ptr,  # (N, M) shortcut, same strides
+    out_ptr,  # (N, M) output, same strides
+    seed_ptr,  # () int64 seed
+    M,  # elements per sample
+    num_blocks,  # programs per sample
+    threshold,
+    scale,
+    PER_SAMPLE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    n = pid // num_blocks
+    idx = (pid % num_blocks) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
+    in_bounds = idx < M
+    offs = n * M + idx
+    seed = tl.load(seed_ptr)
+    keep = unit_keep(seed, n * PER_SAMPLE, STREAM_LAYER, threshold)
+    shortcut = tl.load(shortcut_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
+    branch = tl.load(branch_ptr + offs, mask=in_bounds & keep, other=0.0).to(tl.float32)
+    y = shortcut + tl.where(keep, branch * scale, 0.0)
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+def drop_layer_triton(branch: torch.Tensor, shortcut: torch.Tensor, out: torch.Tensor, seed: torch.Tensor,
+                      p: float, per_sample: bool) -> None:
+    """Fused residual add into ``out``; all three share one per-sample-dense layout."""
+    N = branch.shape[0]
+    if branch.numel() == 0:
+        return
+    M = branch.numel() // N
+    block = min(4096, triton.next_power_of_2(M))
+    num_blocks = triton.cdiv(M, block)
+    _drop_layer_kernel[(N * num_blocks,)](
+        branch, shortcut, out, seed, M, num_blocks, unit_threshold(p), keep_scale(p),
+        PER_SAMPLE=per_sample, BLOCK=block, num_warps=4 if block <= 1024 else 8,
+    )

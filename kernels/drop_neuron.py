@@ -1,0 +1,113 @@
+"""Drop-neuron: one Bernoulli draw per element, 8 elements per Philox call.
+
+Forward and backward are the same kernel: backward applies the mask, regenerated
+from the seed, to the incoming gradient.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from effdrop_triton._layout import empty_dense_like, is_channels_last
+from effdrop_triton.philox import keep_scale, neuron_threshold
+
+from .philox import STREAM_NEURON, philox_words, select_half_word
+
+
+@triton.jit
+def _drop_neuron_flat_kernel(
+    x_ptr,  # (numel,) input, contiguous
+    out_ptr,  # (numel,) output, contiguous
+    seed_ptr,  # () int64 seed
+    numel,
+    threshold,  # keep when the 16-bit number is below this
+    scale,  # fp32 1 / (1 - p)
+    CALLS: tl.constexpr,  # Philox calls per program (8 elements each)
+):
+    pid = tl.program_id(0).to(tl.int64)
+    call = pid * CALLS + tl.arange(0, CALLS).to(tl.int64)  # [CALLS]
+    lane = tl.arange(0, 8)
+    offs = call[:, None] * 8 + lane[None, :]  # [CALLS, 8]: element 8 * call + lane
+    in_bounds = offs < numel
+    seed = tl.load(seed_ptr)
+    w0, w1, w2, w3 = philox_words(seed, call, STREAM_NEURON)
+    u16 = select_half_word(w0[:, None], w1[:, None], w2[:, None], w3[:, None], lane[None, :])
+    keep = u16 < threshold
+    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
+    y = tl.where(keep, x * scale, 0.0)
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.jit
+def _drop_neuron_channels_last_kernel(
+    x_ptr,  # (N, S, C) memory of an (N, C, *spatial) channels_last input
+    out_ptr,  # (N, S, C) output, same layout
+    seed_ptr,  # () int64 seed
+    C,
+    S,
+    num_s_blocks,
+    num_c_blocks,
+    threshold,
+    scale,
+    BLOCK_S8: tl.constexpr,  # groups of 8 spatial positions per program
+    BLOCK_C: tl.constexpr,
+    ALIGNED: tl.constexpr,  # S % 8 == 0: a spatial group of 8 shares one Philox call
+):
+    pid = tl.program_id(0).to(tl.int64)
+    s_block = pid % num_s_blocks
+    c_block = (pid // num_s_blocks) % num_c_blocks
+    n = pid // (num_s_blocks * num_c_blocks)
+    group = s_block * BLOCK_S8 + tl.arange(0, BLOCK_S8).to(tl.int64)
+    j = tl.arange(0, 8)
+    c = (c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64))[None, None, :]  # [1, 1, BC]
+    s = group[:, None, None] * 8 + j[None, :, None]  # [BS8, 8, 1]
+    in_bounds = (s < S) & (c < C)
+    offs = n * S * C + s * C + c
+    seed = tl.load(seed_ptr)
+    # the counter follows the logical (N, C, S) row-major index, not the memory order
+    if ALIGNED:
+        call = (n * C + c) * (S // 8) + group[:, None, None]  # [BS8, 1, BC]
+        lane = j[None, :, None]
+    else:
+        index = (n * C + c) * S + s  # [BS8, 8, BC]
+        call = index >> 3
+        lane = (index & 7).to(tl.int32)
+    w0, w1, w2, w3 = philox_words(seed, call, STREAM_NEURON)
+    keep = select_half_word(w0, w1, w2, w3, lane) < threshold
+    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
+    y = tl.where(keep, x * scale, 0.0)
+    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+def _launch_flat(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
+    calls = 256
+    grid = (triton.cdiv(x.numel(), 8 * calls),)
+    _drop_neuron_flat_kernel[grid](x, out, seed, x.numel(), neuron_threshold(p), keep_scale(p), CALLS=calls, num_warps=4)
+
+
+def _launch_channels_last(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
+    N, C = x.shape[0], x.shape[1]
+    S = x.numel() // (N * C)
+    block_c = min(64, triton.next_power_of_2(C))
+    block_s8 = max(1, min(triton.next_power_of_2(triton.cdiv(S, 8)), 256 // block_c))
+    num_s_blocks = triton.cdiv(S, 8 * block_s8)
+    num_c_blocks = triton.cdiv(C, block_c)
+    grid = (N * num_c_blocks * num_s_blocks,)
+    _drop_neuron_channels_last_kernel[grid](
+        x, out, seed, C, S, num_s_blocks, num_c_blocks, neuron_threshold(p), keep_scale(p),
+        BLOCK_S8=block_s8, BLOCK_C=block_c, ALIGNED=S % 8 == 0, num_warps=4,
+    )
+
+
+def drop_neuron_triton(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """``x * mask / (1 - p)`` with the documented drop-neuron mask; channels_last stays channels_last."""
+    out = empty_dense_like(x)
+    if x.numel() == 0:
+        return out
+    if x.is_contiguous():
+        _launch_flat(x, out, seed, p)
+    elif is_channels_last(x):
+        _launch_channels_last(x, out, seed, p)
+    else:  # other strides: the counter follows the logical order, so read a contiguous copy
+        _launch_flat(x.contiguous(), out, seed, p)
+    return out

@@ -1,0 +1,101 @@
+"""Gate whole (sample, channel-range) units: drop-channel, drop-path and the branch
+gradient of drop-layer share this kernel.
+
+An (N, C, S) source is copied to an (N, C, S) destination with every channel scaled
+by its unit's gate; unit of (n, c) = ``n * units_per_sample`` (per-sample mode only)
+``+ unit_base + c // channels_per_unit``. Rows of a dropped unit are never read.
+"""
+
+import torch
+import triton
+import triton.language as tl
+
+from effdrop_triton.philox import keep_scale, unit_threshold
+
+from .philox import unit_keep
+
+
+@triton.jit
+def _unit_gate_kernel(
+    src_ptr,  # (N, C, S) strided input
+    dst_ptr,  # (N, C, S) strided output
+    seed_ptr,  # () int64 seed
+    C,
+    S,
+    src_sn, src_sc, src_ss,
+    dst_sn, dst_sc, dst_ss,
+    units_per_sample,
+    unit_base,
+    channels_per_unit,
+    num_s_blocks,
+    num_c_blocks,
+    threshold,  # int64: keep when Philox word 0 is below this
+    scale,  # fp32 1 / (1 - p)
+    STREAM: tl.constexpr,
+    PER_SAMPLE: tl.constexpr,
+    S_UNIT_STRIDE: tl.constexpr,  # src_ss == dst_ss == 1 (NCHW)
+    C_UNIT_STRIDE: tl.constexpr,  # src_sc == dst_sc == 1 (channels_last)
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    s_block = pid % num_s_blocks
+    c_block = (pid // num_s_blocks) % num_c_blocks
+    n = pid // (num_s_blocks * num_c_blocks)
+    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)  # [BC]
+    s = s_block * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)  # [BS]
+    unit = unit_base + c // channels_per_unit
+    if PER_SAMPLE:
+        unit += n * units_per_sample
+    seed = tl.load(seed_ptr)
+    keep = unit_keep(seed, unit, STREAM, threshold)[:, None]  # [BC, 1]
+    in_bounds = (c[:, None] < C) & (s[None, :] < S)
+    if S_UNIT_STRIDE:
+        src_ss = 1
+        dst_ss = 1
+    if C_UNIT_STRIDE:
+        src_sc = 1
+        dst_sc = 1
+    src = src_ptr + n * src_sn + c[:, None] * src_sc + s[None, :] * src_ss
+    dst = dst_ptr + n * dst_sn + c[:, None] * dst_sc + s[None, :] * dst_ss
+    x = tl.load(src, mask=in_bounds & keep, other=0.0).to(tl.float32)
+    y = tl.where(keep, x * scale, 0.0)
+    tl.store(dst, y.to(dst_ptr.dtype.element_ty), mask=in_bounds)
+
+
+def unit_gate_triton(
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    seed: torch.Tensor,
+    p: float,
+    *,
+    stream: int,
+    per_sample: bool,
+    units_per_sample: int,
+    unit_base: int = 0,
+    channels_per_unit: int = 1,
+) -> None:
+    """Write the gated ``src`` into ``dst``; both are (N, C, S) views of any strides."""
+    N, C, S = src.shape
+    if src.numel() == 0:
+        return
+    s_unit = src.stride(2) == 1 and dst.stride(2) == 1
+    c_unit = src.stride(1) == 1 and dst.stride(1) == 1 and not s_unit
+    if c_unit:  # channels_last: channels are the contiguous axis of the tile
+        block_c = min(128, triton.next_power_of_2(C))
+        block_s = max(1, min(triton.next_power_of_2(S), 2048 // block_c))
+    else:
+        block_s = min(1024, triton.next_power_of_2(S))
+        block_c = max(1, min(triton.next_power_of_2(C), 2048 // block_s))
+    num_s_blocks = triton.cdiv(S, block_s)
+    num_c_blocks = triton.cdiv(C, block_c)
+    grid = (N * num_c_blocks * num_s_blocks,)
+    _unit_gate_kernel[grid](
+        src, dst, seed, C, S,
+        src.stride(0), src.stride(1), src.stride(2),
+        dst.stride(0), dst.stride(1), dst.stride(2),
+        units_per_sample, unit_base, channels_per_unit, num_s_blocks, num_c_blocks,
+        unit_threshold(p), keep_scale(p),
+        STREAM=stream, PER_SAMPLE=per_sample, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit,
+        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
+    )
