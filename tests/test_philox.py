@@ -1,0 +1,86 @@
+"""The PyTorch Philox and the documented counter layout, against an independent pure-Python Philox."""
+
+import pytest
+import torch
+
+from effdrop_triton import philox
+
+M32 = 0xFFFFFFFF
+
+
+def philox_reference(counter, key, rounds=10):
+    """Philox4x32 straight from Salmon et al. (SC'11), in Python integers."""
+    c = list(counter)
+    k0, k1 = key
+    for _ in range(rounds):
+        prod0 = 0xD2511F53 * c[0]
+        prod1 = 0xCD9E8D57 * c[2]
+        c = [((prod1 >> 32) ^ c[1] ^ k0) & M32, prod1 & M32, ((prod0 >> 32) ^ c[3] ^ k1) & M32, prod0 & M32]
+        k0 = (k0 + 0x9E3779B9) & M32
+        k1 = (k1 + 0xBB67AE85) & M32
+    return c
+
+
+# Known-answer vectors of the Random123 distribution (kat_vectors, philox4x32_10).
+KAT = [
+    ((0, 0, 0, 0), (0, 0), (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
+    ((M32,) * 4, (M32, M32), (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
+    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
+     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
+]
+
+
+@pytest.mark.parametrize("counter,key,expected", KAT)
+def test_reference_matches_known_answers(counter, key, expected):
+    assert tuple(philox_reference(counter, key)) == expected
+
+
+@pytest.mark.parametrize("counter,key,expected", KAT)
+def test_torch_philox_matches_known_answers(counter, key, expected):
+    words = [torch.tensor([c], dtype=torch.int64) for c in counter]
+    out = philox.philox4x32_(*words, *key)
+    assert tuple(int(w) for w in out) == expected
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**32 + 7, 2**63 - 1])
+def test_philox_words_counter_layout(seed):
+    counters = [0, 1, 12345, 2**32 - 1, 2**32, 2**40 + 3, 2**62 + 11]
+    words = philox.philox_words(torch.tensor(counters), torch.tensor(seed), philox.STREAM_CHANNEL)
+    for i, counter in enumerate(counters):
+        expected = philox_reference((counter & M32, counter >> 32, philox.STREAM_CHANNEL, 0), (seed & M32, seed >> 32))
+        assert [int(w[i]) for w in words] == expected
+
+
+@pytest.mark.parametrize("p", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_neuron_keep_rule(p):
+    seed = 987654321
+    numel = 8 * 37 + 5  # a partial last Philox call
+    keep = philox.neuron_keep(numel, torch.tensor(seed), p)
+    threshold = round((1 - p) * 65536)
+    expected = []
+    for call in range((numel + 7) // 8):
+        words = philox_reference((call, 0, philox.STREAM_NEURON, 0), (seed & M32, seed >> 32))
+        for lane in range(8):
+            expected.append(((words[lane // 2] >> (16 * (lane % 2))) & 0xFFFF) < threshold)
+    assert keep.tolist() == expected[:numel]
+
+
+def test_neuron_keep_is_chunk_independent(monkeypatch):
+    seed = torch.tensor(5)
+    whole = philox.neuron_keep(8 * 1000 + 3, seed, 0.5)
+    monkeypatch.setattr(philox, "_NEURON_CHUNK_CALLS", 7)
+    assert torch.equal(philox.neuron_keep(8 * 1000 + 3, seed, 0.5), whole)
+
+
+def test_unit_keep_rule():
+    seed = 2**40 + 17
+    units = torch.arange(50)
+    keep = philox.unit_keep(units, torch.tensor(seed), philox.STREAM_LAYER, 0.3)
+    threshold = round(0.7 * 2**32)
+    expected = [philox_reference((u, 0, philox.STREAM_LAYER, 0), (seed & M32, seed >> 32))[0] < threshold for u in range(50)]
+    assert keep.tolist() == expected
+
+
+def test_streams_are_distinct():
+    streams = {philox.STREAM_NEURON, philox.STREAM_CHANNEL, philox.STREAM_PATH, philox.STREAM_LAYER}
+    assert len(streams) == 4
