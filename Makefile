@@ -1,0 +1,40 @@
+# Set-up and checks on a fresh machine: `make demo` (main job), `make test` (all tests).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# torch and torchvision as a matching pair; override for another platform or CUDA build
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-fallback test-interpret test-bench bench
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet $(TORCH_SPEC)
+	$(PY) -m pip install --quiet -e ".[test,bench]"
+	touch $@
+
+demo: install
+	$(PY) -m effdrop_triton
+
+test: test-fallback test-interpret test-bench
+
+test-fallback: install
+	$(PY) -m pytest tests -q -ra
+
+# Triton kernels on the CPU: TRITON_INTERPRET must be set before the kernels are defined
+test-interpret: install
+	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_triton_interpret.py -q
+
+# the benchmark suites in a reduced form (no timing), so they cannot rot
+test-bench: install
+	$(PY) -m pytest bench -q --benchmark-disable
+
+# CPU benchmark run: ratios against the PyTorch baselines, written to bench/results/
+bench: install
+	mkdir -p bench/results
+	$(PY) -m pytest bench -q --benchmark-min-rounds=5 --benchmark-max-time=0.5 \
+		--benchmark-json=bench/results/cpu-$$(date +%Y-%m-%d).json
+	$(PY) -m bench.report bench/results/cpu-$$(date +%Y-%m-%d).json
