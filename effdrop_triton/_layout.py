@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -16,14 +18,15 @@ def is_sample_dense(x: torch.Tensor) -> bool:
 
 
 def as_ncs(x: torch.Tensor) -> torch.Tensor:
-    """View an (N, C, *) tensor as (N, C, S) without copying (S = 1 for 2-d input)."""
+    """View an (N, C, *) tensor as (N, C, S) (S = 1 for 2-d input); copies only when the
+    spatial dims cannot be merged (the kernels take any N and C strides)."""
     if x.dim() == 2:
         return x.unsqueeze(-1)
-    if x.dim() == 3:
-        return x
-    if x.is_contiguous() or is_channels_last(x):
-        return x.flatten(2)
-    return x.reshape(x.shape[0], x.shape[1], -1)  # copies only non-dense input
+    shape = (x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+    try:
+        return x.view(shape)
+    except RuntimeError:
+        return x.reshape(shape)
 
 
 def empty_dense(shape, channels_last: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

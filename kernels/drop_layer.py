@@ -31,7 +31,10 @@ def _drop_layer_kernel(
     in_bounds = idx < M
     offs = n * M + idx
     seed = tl.load(seed_ptr)
-    keep = unit_keep(seed, n * PER_SAMPLE, STREAM_LAYER, threshold)
+    unit = n * 0  # batch mode: one gate for every sample
+    if PER_SAMPLE:
+        unit = n
+    keep = unit_keep(seed, unit, STREAM_LAYER, threshold)
     shortcut = tl.load(shortcut_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
     branch = tl.load(branch_ptr + offs, mask=in_bounds & keep, other=0.0).to(tl.float32)
     y = shortcut + tl.where(keep, branch * scale, 0.0)

@@ -3,7 +3,8 @@ gradient of drop-layer share this kernel.
 
 An (N, C, S) source is copied to an (N, C, S) destination with every channel scaled
 by its unit's gate; unit of (n, c) = ``n * units_per_sample`` (per-sample mode only)
-``+ unit_base + c // channels_per_unit``. Rows of a dropped unit are never read.
+``+ unit_base + c // channels_per_unit``. Rows of a dropped unit are never read
+(channels-first layouts).
 """
 
 import torch
@@ -58,7 +59,12 @@ def _unit_gate_kernel(
         dst_sc = 1
     src = src_ptr + n * src_sn + c[:, None] * src_sc + s[None, :] * src_ss
     dst = dst_ptr + n * dst_sn + c[:, None] * dst_sc + s[None, :] * dst_ss
-    x = tl.load(src, mask=in_bounds & keep, other=0.0).to(tl.float32)
+    if C_UNIT_STRIDE:
+        # channels interleave within each cache line, so skipping dropped ones saves no traffic;
+        # a mask that is constant along the vector keeps the loads 128-bit wide
+        x = tl.load(src, mask=in_bounds, other=0.0).to(tl.float32)
+    else:
+        x = tl.load(src, mask=in_bounds & keep, other=0.0).to(tl.float32)
     y = tl.where(keep, x * scale, 0.0)
     tl.store(dst, y.to(dst_ptr.dtype.element_ty), mask=in_bounds)
 

@@ -14,14 +14,15 @@ import torch
 from torch import Tensor
 
 from .. import philox
-from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_last
+from .._layout import as_ncs, empty_dense, empty_dense_like
 from .unit_gate import unit_gate
 
 
 def _cat_output(branches: List[Tensor]) -> Tensor:
     first = branches[0]
     shape = (first.shape[0], sum(b.shape[1] for b in branches), *first.shape[2:])
-    channels_last = all(not b.is_contiguous() and is_channels_last(b) for b in branches)
+    # channels-minor branches (channels_last tensors or channel slices of one) give a channels_last output
+    channels_last = first.dim() >= 3 and all(not b.is_contiguous() and b.stride(1) == 1 for b in branches)
     return empty_dense(shape, channels_last, first.dtype, first.device)
 
 

@@ -1,0 +1,113 @@
+"""Every kernel launch the launchers make compiles ahead of time for an H100 (sm_90), on this CPU,
+and moves memory in 128-bit vectors (the bandwidth design of the kernels).
+
+The launches are captured from the real launchers (public API, Triton backend) and compiled
+with the specialization the JIT would apply (16-byte aligned pointers, ints divisible by 16).
+"""
+
+import re
+
+import pytest
+import torch
+
+import effdrop_triton as ed
+from conftest import INTERPRET
+
+triton = pytest.importorskip("triton")
+if INTERPRET:
+    pytest.skip("kernels are interpreted under TRITON_INTERPRET=1; this compiles them for a GPU", allow_module_level=True)
+
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+from effdrop_triton.kernels import drop_layer, drop_neuron, unit_gate  # noqa: E402
+
+H100 = GPUTarget("cuda", 90, 32)
+TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64"}
+KERNELS = [(drop_neuron, "_drop_neuron_flat_kernel"), (drop_neuron, "_drop_neuron_channels_last_kernel"),
+           (unit_gate, "_unit_gate_kernel"), (drop_layer, "_drop_layer_kernel")]
+
+
+class Capture:
+    """Stands in for ``kernel[grid]``: records the launch instead of running it."""
+
+    def __init__(self, fn, launches):
+        self.fn, self.launches = fn, launches
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((self.fn, args, kwargs))
+
+
+def compile_launch(fn, args, kwargs):
+    names = fn.arg_names
+    bound = dict(zip(names, args), **kwargs)
+    options = {key: bound.pop(key) for key in ("num_warps", "num_stages") if key in bound}
+    signature, constexprs, attrs = {}, {}, {}
+    for index, name in enumerate(names):
+        value = bound[name]
+        if index in fn.constexprs:
+            signature[name], constexprs[name] = "constexpr", value
+        elif isinstance(value, torch.Tensor):
+            signature[name] = "*" + TYPES[value.dtype]
+            aligned = value.data_ptr() % 16 == 0
+        elif isinstance(value, float):
+            signature[name], aligned = "fp32", False
+        else:
+            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
+            aligned = value % 16 == 0
+        if signature[name] != "constexpr" and aligned and signature[name] != "fp32":
+            attrs[(index,)] = [["tt.divisibility", 16]]
+    return triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
+                          target=H100, options=options)
+
+
+@pytest.fixture
+def launches(monkeypatch):
+    recorded = []
+    for module, name in KERNELS:
+        monkeypatch.setattr(module, name, Capture(getattr(module, name), recorded))
+    monkeypatch.setattr(ed.backend, "triton_supports", lambda tensor: True)
+    return recorded
+
+
+def _run(op, x):
+    with ed.use_backend("triton"):
+        x = x.detach().requires_grad_()
+        out = OPS[op](x)
+        out.backward(torch.ones_like(out))
+
+
+OPS = {
+    "neuron": lambda x: ed.drop_neuron(x, 0.2, seed=1),
+    "channel": lambda x: ed.drop_channel(x, 0.2, seed=1),
+    "path_list": lambda x: ed.drop_path(list(x.chunk(4, 1)), 0.2, seed=1),
+    "path_groups": lambda x: ed.drop_path(x, 0.2, groups=4, seed=1, mode="batch"),
+    "layer": lambda x: ed.drop_layer(x, x.detach() * 2, 0.2, seed=1),
+}
+
+
+@pytest.mark.parametrize("op", sorted(OPS))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_launches_compile_for_h100_with_128bit_memory_access(launches, op, channels_last, dtype):
+    x = torch.randn(8, 64, 16, 16, dtype=dtype)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    _run(op, x)
+    assert launches, "the Triton launcher made no launch"
+    for fn, args, kwargs in launches:
+        ptx = compile_launch(fn, args, kwargs).asm["ptx"]
+        loads = set(re.findall(r"ld\.global[.\w]*", ptx)) - {"ld.global.b64"}  # the seed is one 64-bit load
+        stores = set(re.findall(r"st\.global[.\w]*", ptx))
+        assert loads and all(".v4." in op for op in loads), (fn.__name__, loads)
+        assert stores and all(".v4." in op for op in stores), (fn.__name__, stores)
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 7, 9), (2, 52, 3, 1)])
+@pytest.mark.parametrize("op", sorted(OPS))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_awkward_launches_compile(launches, op, shape, channels_last):
+    x = torch.randn(shape, dtype=torch.float16)
+    _run(op, x.to(memory_format=torch.channels_last) if channels_last else x)
+    for fn, args, kwargs in launches:
+        assert compile_launch(fn, args, kwargs).asm["cubin"]
