@@ -30,6 +30,7 @@ products, so the low half is ``prod & MASK`` and the high half ``(prod >> 32) & 
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 MASK32 = 0xFFFFFFFF
@@ -49,6 +50,8 @@ UNIT_BITS = 32
 
 # Philox calls per chunk of the neuron mask: keeps the int64 work buffers in cache.
 _NEURON_CHUNK_CALLS = 1 << 17
+# Below this many Philox calls on the CPU, NumPy runs the rounds (less overhead per operation).
+_NUMPY_MAX_CALLS = 1 << 14
 
 
 def neuron_threshold(p: float) -> int:
@@ -74,30 +77,34 @@ def seed_key(seed: torch.Tensor):
     return seed & MASK32, (seed >> 32) & MASK32
 
 
-def philox4x32_(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
-    """Philox4x32 on int64 tensors holding 32-bit words; overwrites its inputs.
+def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
+    """Philox4x32 on int64 tensors (or uint64 NumPy arrays) holding 32-bit words; overwrites its inputs.
 
-    Returns the four output words as int64 tensors in ``[0, 2**32)``.
+    Returns the four output words, each in ``[0, 2**32)``.
     """
-    prod0 = torch.empty_like(c0)
-    prod1 = torch.empty_like(c0)
-    high = torch.empty_like(c0)
+    xp = np if isinstance(c0, np.ndarray) else torch
+    signed = xp is torch  # int64 right shifts are arithmetic: mask the high half
+    prod0 = xp.empty_like(c0)
+    prod1 = xp.empty_like(c0)
+    high = xp.empty_like(c0)
     for _ in range(n_rounds):
-        torch.mul(c0, ROUND_A, out=prod0)
-        torch.mul(c2, ROUND_B, out=prod1)
+        xp.multiply(c0, ROUND_A, out=prod0)
+        xp.multiply(c2, ROUND_B, out=prod1)
         # new c0 = hi(B * c2) ^ c1 ^ k0, built in c1's buffer
-        torch.bitwise_right_shift(prod1, 32, out=high)
-        high &= MASK32
+        xp.bitwise_right_shift(prod1, 32, out=high)
+        if signed:
+            high &= MASK32
         c1 ^= high
         c1 ^= k0
         # new c2 = hi(A * c0) ^ c3 ^ k1, built in c3's buffer
-        torch.bitwise_right_shift(prod0, 32, out=high)
-        high &= MASK32
+        xp.bitwise_right_shift(prod0, 32, out=high)
+        if signed:
+            high &= MASK32
         c3 ^= high
         c3 ^= k1
         # new c1 = lo(B * c2), new c3 = lo(A * c0)
-        torch.bitwise_and(prod1, MASK32, out=c0)
-        torch.bitwise_and(prod0, MASK32, out=c2)
+        xp.bitwise_and(prod1, MASK32, out=c0)
+        xp.bitwise_and(prod0, MASK32, out=c2)
         c0, c1, c2, c3 = c1, c0, c3, c2
         k0 = (k0 + KEY_A) & MASK32
         k1 = (k1 + KEY_B) & MASK32
@@ -105,13 +112,19 @@ def philox4x32_(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
 
 
 def philox_words(counter: torch.Tensor, seed: torch.Tensor, stream: int):
-    """The four output words for int64 ``counter`` indices under the documented layout."""
+    """The four output words (int64 tensors) for int64 ``counter`` indices under the documented layout."""
     k0, k1 = seed_key(seed)
-    c0 = counter & MASK32
-    c1 = counter >> 32
-    c2 = torch.full_like(counter, stream)
-    c3 = torch.zeros_like(counter)
-    return philox4x32_(c0, c1, c2, c3, k0, k1)
+    shape = counter.shape
+    counter = counter.reshape(-1)
+    if counter.device.type == "cpu" and counter.numel() <= _NUMPY_MAX_CALLS:
+        # few calls: NumPy's lower per-operation overhead wins (same rounds, uint64 words)
+        counter = counter.numpy().astype(np.uint64)
+        zero = np.zeros_like(counter)
+        words = philox4x32(counter & MASK32, counter >> np.uint64(32), zero + stream, zero, k0, k1)
+        return tuple(torch.from_numpy(w.astype(np.int64)).view(shape) for w in words)
+    zero = torch.zeros_like(counter)
+    words = philox4x32(counter & MASK32, counter >> 32, zero + stream, zero, k0, k1)
+    return tuple(w.view(shape) for w in words)
 
 
 def unit_keep(units: torch.Tensor, seed: torch.Tensor, stream: int, p: float) -> torch.Tensor:

@@ -179,3 +179,11 @@ def test_auto_backend_picks_triton_under_interpreter(monkeypatch):
     with ed.use_backend("auto"):
         ed.drop_neuron(torch.randn(4, 4), 0.5)
     assert calls == [1]
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_drop_path_list_of_channel_slices(layout):
+    """Branches that are channel slices of one tensor are gated in place of a copy."""
+    x = nonzero_randn((3, 12, 5, 3), torch.float32, layout)
+    ref, out = run_both(lambda t: ed.drop_path(list(t.split([2, 7, 3], 1)), 0.5, seed=4), x)
+    assert_parity(ref, out, exact=True)

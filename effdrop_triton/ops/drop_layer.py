@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
-from .unit_gate import unit_gate, unit_keep_table
+from .unit_gate import gate_factor, unit_gate, unit_keep_table
 
 
 def _layer_inputs(branch: Tensor, shortcut: Tensor):
@@ -27,12 +27,11 @@ def drop_layer_torch(branch: Tensor, shortcut: Tensor, out: Tensor, seed: Tensor
     N = branch.shape[0]
     keep = unit_keep_table(N, 1, seed, p, stream=philox.STREAM_LAYER, per_sample=per_sample,
                            units_per_sample=1, device=branch.device)
-    compute_dtype = torch.float64 if branch.dtype == torch.float64 else torch.float32
-    factor = keep.to(compute_dtype).mul_(philox.keep_scale(p)).view(N, *([1] * (branch.dim() - 1)))
-    if branch.dtype == compute_dtype:
+    factor = gate_factor(keep, p, branch.dtype).view(N, *([1] * (branch.dim() - 1)))
+    if branch.dtype == factor.dtype:
         torch.addcmul(shortcut, branch, factor, out=out)
     else:  # fp16/bf16: add in fp32, round once
-        out.copy_(torch.addcmul(shortcut.to(compute_dtype), branch, factor))
+        out.copy_(torch.addcmul(shortcut.to(factor.dtype), branch, factor))
 
 
 @torch.library.custom_op("effdrop::drop_layer", mutates_args=())

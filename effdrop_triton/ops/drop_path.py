@@ -15,7 +15,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import as_ncs, empty_dense, empty_dense_like
-from .unit_gate import unit_gate
+from .unit_gate import path_gate, unit_gate
 
 
 def _cat_output(branches: List[Tensor]) -> Tensor:
@@ -33,15 +33,8 @@ def _split_outputs(grad: Tensor, sizes: List[int]) -> List[Tensor]:
 @torch.library.custom_op("effdrop::drop_path_cat", mutates_args=())
 def drop_path_cat_op(branches: List[Tensor], seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> Tensor:
     out = _cat_output(branches)
-    out_ncs = as_ncs(out)
-    offset = 0
-    for index, branch in enumerate(branches):
-        size = branch.shape[1]
-        if branch.numel():
-            unit_gate(as_ncs(branch), out_ncs.narrow(1, offset, size), seed, p, use_triton,
-                      stream=philox.STREAM_PATH, per_sample=per_sample, units_per_sample=len(branches),
-                      unit_base=index, channels_per_unit=size)
-        offset += size
+    path_gate([as_ncs(b) for b in branches], as_ncs(out).split([b.shape[1] for b in branches], dim=1),
+              seed, p, per_sample, use_triton)
     return out
 
 
@@ -54,14 +47,7 @@ def _(branches, seed, p, per_sample, use_triton):
 def drop_path_split_op(grad: Tensor, seed: Tensor, p: float, per_sample: bool, sizes: List[int],
                        use_triton: bool) -> List[Tensor]:
     outs = _split_outputs(grad, sizes)
-    grad_ncs = as_ncs(grad)
-    offset = 0
-    for index, (size, out) in enumerate(zip(sizes, outs)):
-        if out.numel():
-            unit_gate(grad_ncs.narrow(1, offset, size), as_ncs(out), seed, p, use_triton,
-                      stream=philox.STREAM_PATH, per_sample=per_sample, units_per_sample=len(sizes),
-                      unit_base=index, channels_per_unit=size)
-        offset += size
+    path_gate(as_ncs(grad).split(sizes, dim=1), [as_ncs(out) for out in outs], seed, p, per_sample, use_triton)
     return outs
 
 

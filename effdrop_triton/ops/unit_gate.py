@@ -11,14 +11,24 @@ from .. import philox
 def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, stream: int, per_sample: bool,
                     units_per_sample: int, unit_base: int = 0, channels_per_unit: int = 1,
                     device=None) -> torch.Tensor:
-    """(N, C) boolean keep decision of every (sample, channel), by the documented unit rule."""
+    """(N, C) boolean keep decision of every (sample, channel), by the documented unit rule.
+
+    One Philox call per distinct unit; channels of one unit share its decision.
+    """
     device = seed.device if device is None else device
-    units = unit_base + torch.arange(C, dtype=torch.int64, device=device) // channels_per_unit
+    units = unit_base + torch.arange(-(-C // channels_per_unit), dtype=torch.int64, device=device)
     if per_sample:
         units = torch.arange(N, dtype=torch.int64, device=device)[:, None] * units_per_sample + units
-    else:
-        units = units.expand(N, C).contiguous()
-    return philox.unit_keep(units, seed.to(device), stream, p)
+    keep = philox.unit_keep(units, seed.to(device), stream, p).view(-1 if per_sample else 1, units.shape[-1])
+    if channels_per_unit > 1:
+        keep = keep.repeat_interleave(channels_per_unit, dim=1)[:, :C]
+    return keep.expand(N, C)
+
+
+def gate_factor(keep: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """Per-unit multiplier ``keep / (1 - p)`` in the compute dtype (fp32, fp64 for fp64)."""
+    compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return keep.to(compute_dtype).mul_(philox.keep_scale(p))
 
 
 def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, **rule) -> None:
@@ -28,9 +38,7 @@ def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p:
         dst.zero_()
         return
     keep = unit_keep_table(N, C, seed, p, device=src.device, **rule)
-    compute_dtype = torch.float64 if src.dtype == torch.float64 else torch.float32
-    factor = keep.to(compute_dtype).mul_(philox.keep_scale(p))
-    torch.mul(src, factor[:, :, None], out=dst)
+    torch.mul(src, gate_factor(keep, p, src.dtype)[:, :, None], out=dst)
 
 
 def unit_gate(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, use_triton: bool, **rule) -> None:
@@ -40,3 +48,24 @@ def unit_gate(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float
         unit_gate_triton(src, dst, seed, p, **rule)
     else:
         unit_gate_torch(src, dst, seed, p, **rule)
+
+
+def path_gate(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool, use_triton: bool) -> None:
+    """Gate path ``i`` of a multi-path block: ``dsts[i] = srcs[i] * keep[n, i] / (1 - p)`` for (N, C_i, S) views."""
+    paths = len(srcs)
+    if use_triton:
+        for index, (src, dst) in enumerate(zip(srcs, dsts)):
+            if src.numel():
+                unit_gate(src, dst, seed, p, True, stream=philox.STREAM_PATH, per_sample=per_sample,
+                          units_per_sample=paths, unit_base=index, channels_per_unit=src.shape[1])
+        return
+    if p >= 1.0:
+        for dst in dsts:
+            dst.zero_()
+        return
+    # the fallback draws the (N, paths) table once for all paths
+    keep = unit_keep_table(srcs[0].shape[0], paths, seed, p, stream=philox.STREAM_PATH, per_sample=per_sample,
+                           units_per_sample=paths, device=srcs[0].device)
+    factor = gate_factor(keep, p, srcs[0].dtype)
+    for index, (src, dst) in enumerate(zip(srcs, dsts)):
+        torch.mul(src, factor[:, index, None, None], out=dst)

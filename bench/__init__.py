@@ -1,0 +1,1 @@
+"""Benchmarks of the four dropout ops against their PyTorch baselines (run: pytest bench)."""
