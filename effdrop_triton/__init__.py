@@ -3,12 +3,12 @@ Triton kernels with a bit-identical PyTorch fallback (Cai et al., arXiv 1904.033
 
 from .backend import get_backend, set_backend, use_backend
 from .functional import drop_channel, drop_layer, drop_neuron, drop_path
-from .modules import DropChannel, DropLayer, DropNeuron, DropPath, make_drop
+from .modules import DropChannel, DropLayer, DropNeuron, DropPath, Residual, make_drop
 
 __version__ = "0.1.0"
 
 __all__ = [
     "drop_neuron", "drop_channel", "drop_path", "drop_layer",
-    "DropNeuron", "DropChannel", "DropPath", "DropLayer", "make_drop",
+    "DropNeuron", "DropChannel", "DropPath", "DropLayer", "Residual", "make_drop",
     "set_backend", "get_backend", "use_backend",
 ]

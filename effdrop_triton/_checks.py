@@ -40,16 +40,30 @@ def check_mode(mode) -> bool:
     return mode == "sample"
 
 
-def resolve_seed(seed, device: torch.device) -> torch.Tensor:
-    """A 0-d int64 seed tensor on ``device``; ``None`` draws one from PyTorch's default generator."""
+def check_seed(seed) -> None:
+    """A seed is None, an int in [0, 2**63) or a 0-d int64 tensor."""
     if seed is None:
-        return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=device)
+        return
     if isinstance(seed, torch.Tensor):
         if seed.dim() != 0 or seed.dtype != torch.int64:
             raise TypeError(f"seed tensor must be 0-d int64, got shape {tuple(seed.shape)} and dtype {seed.dtype}")
-        return seed.to(device)
+        return
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int in [0, 2**63) or a 0-d int64 tensor, got {type(seed).__name__} {seed!r}")
     if not 0 <= seed < SEED_LIMIT:
         raise ValueError(f"seed must be in [0, 2**63), got {seed}")
+
+
+def resolve_seed(seed, device: torch.device) -> torch.Tensor:
+    """A 0-d int64 seed tensor on ``device``; ``None`` draws one from PyTorch's default generator."""
+    check_seed(seed)
+    if seed is None:
+        return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=device)
+    if isinstance(seed, torch.Tensor):
+        return seed.to(device)
     return torch.tensor(int(seed), dtype=torch.int64, device=device)
+
+
+def check_groups(groups) -> None:
+    if groups is not None and (isinstance(groups, bool) or not isinstance(groups, int) or groups < 1):
+        raise ValueError(f"groups must be a positive int, got {groups!r}")

@@ -22,11 +22,7 @@ def as_ncs(x: torch.Tensor) -> torch.Tensor:
     spatial dims cannot be merged (the kernels take any N and C strides)."""
     if x.dim() == 2:
         return x.unsqueeze(-1)
-    shape = (x.shape[0], x.shape[1], math.prod(x.shape[2:]))
-    try:
-        return x.view(shape)
-    except RuntimeError:
-        return x.reshape(shape)
+    return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
 
 
 def empty_dense(shape, channels_last: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -36,10 +32,15 @@ def empty_dense(shape, channels_last: bool, dtype: torch.dtype, device: torch.de
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def is_channels_minor(x: torch.Tensor) -> bool:
+    """Channels are the innermost memory axis (channels_last, or a channel slice of one)."""
+    return x.dim() >= 3 and not x.is_contiguous() and x.stride(1) == 1
+
+
 def empty_dense_like(x: torch.Tensor, shape=None) -> torch.Tensor:
     """``empty_dense`` keeping ``x``'s layout kind: channels_last stays channels_last."""
     shape = x.shape if shape is None else shape
-    return empty_dense(shape, not x.is_contiguous() and is_channels_last(x), x.dtype, x.device)
+    return empty_dense(shape, is_channels_minor(x), x.dtype, x.device)
 
 
 def to_dense_layout(x: torch.Tensor, channels_last: bool) -> torch.Tensor:

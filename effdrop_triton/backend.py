@@ -8,14 +8,13 @@ Nothing here touches CUDA at import time.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 
 import torch
 
 BACKENDS = ("auto", "triton", "torch")
-
-HAS_TRITON = importlib.util.find_spec("triton") is not None
+# oldest NVIDIA architecture Triton supports (Ampere)
+MIN_CUDA_CAPABILITY = (8, 0)
 
 
 def _check_name(name) -> str:
@@ -49,28 +48,60 @@ def use_backend(name: str):
 
 
 def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    """Triton's own reading of ``TRITON_INTERPRET``."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
+
+
+_has_triton = None
+_supported_cuda_devices = {}
+
+
+def has_triton() -> bool:
+    """Triton imports (checked on first use, never at package import)."""
+    global _has_triton
+    if _has_triton is None:
+        try:
+            import triton  # noqa: F401
+
+            _has_triton = True
+        except Exception:
+            _has_triton = False
+    return _has_triton
+
+
+def _cuda_device_supported(index: int) -> bool:
+    if index not in _supported_cuda_devices:
+        _supported_cuda_devices[index] = (
+            torch.version.hip is not None or torch.cuda.get_device_capability(index) >= MIN_CUDA_CAPABILITY
+        )
+    return _supported_cuda_devices[index]
+
+
+def _why_not_triton(tensor: torch.Tensor):
+    """Why the Triton kernels cannot run on ``tensor``, or None when they can."""
+    if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        return f"the Triton kernels take fp32/fp16/bf16, not {tensor.dtype}"
+    if not has_triton():
+        return "triton is not installed (or fails to import)"
+    if _interpreting():
+        return None
+    if tensor.device.type != "cuda":
+        return f"Triton cannot run on device {tensor.device} (set TRITON_INTERPRET=1 for the CPU interpreter)"
+    if not _cuda_device_supported(tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()):
+        return f"{torch.cuda.get_device_name(tensor.device)} is older than compute capability {MIN_CUDA_CAPABILITY}"
+    return None
 
 
 def triton_supports(tensor: torch.Tensor) -> bool:
     """True when the Triton kernels can run on ``tensor``."""
-    if not HAS_TRITON or tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        return False
-    return tensor.device.type == "cuda" or _interpreting()
+    return _why_not_triton(tensor) is None
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
     """Decide the backend for one call; raises when ``"triton"`` is forced but cannot run."""
     if _backend == "torch":
         return False
-    if triton_supports(tensor):
-        return True
-    if _backend == "triton":
-        if not HAS_TRITON:
-            reason = "triton is not installed"
-        elif tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            reason = f"the Triton kernels take fp32/fp16/bf16, not {tensor.dtype}"
-        else:
-            reason = f"Triton cannot run on device {tensor.device} (set TRITON_INTERPRET=1 for the CPU interpreter)"
+    reason = _why_not_triton(tensor)
+    if reason is not None and _backend == "triton":
         raise RuntimeError(f"backend 'triton' was requested but {reason}; use set_backend('auto') or 'torch'")
-    return False
+    return reason is None

@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from . import ops  # noqa: F401  (registers torch.ops.effdrop)
-from ._checks import check_float_tensor, check_mode, check_p, resolve_seed
+from ._checks import check_float_tensor, check_groups, check_mode, check_p, check_seed, resolve_seed
 from .backend import use_triton
 
 Seed = Union[int, Tensor, None]
@@ -23,6 +23,7 @@ def drop_neuron(x: Tensor, p: float, training: bool = True, seed: Seed = None) -
     """Drop single elements with probability ``p`` (as ``F.dropout``), scaling the rest by ``1 / (1 - p)``."""
     check_float_tensor(x, "x")
     p = check_p(p)
+    check_seed(seed)
     if not training or p == 0.0:
         return x
     return torch.ops.effdrop.drop_neuron(x, resolve_seed(seed, x.device), p, use_triton(x))
@@ -34,6 +35,7 @@ def drop_channel(x: Tensor, p: float, training: bool = True, seed: Seed = None) 
     if x.dim() < 2:
         raise ValueError(f"drop_channel needs an (N, C, *) tensor with at least 2 dims, got shape {tuple(x.shape)}")
     p = check_p(p)
+    check_seed(seed)
     if not training or p == 0.0:
         return x
     return torch.ops.effdrop.drop_channel(x, resolve_seed(seed, x.device), p, use_triton(x))
@@ -73,11 +75,11 @@ def drop_path(branches: Union[Tensor, Sequence[Tensor]], p: float, training: boo
         x = check_float_tensor(branches, "branches")
         if groups is None:
             raise ValueError("drop_path on a single tensor needs groups=G (its channels form G paths); pass a list of branches otherwise")
-        if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-            raise ValueError(f"groups must be a positive int, got {groups!r}")
+        check_groups(groups)
         if x.dim() < 2 or x.shape[1] % groups:
             raise ValueError(f"groups={groups} must divide the channel dim of branches, got shape {tuple(x.shape)}")
         p = check_p(p)
+        check_seed(seed)
         if not training or p == 0.0:
             return x
         return torch.ops.effdrop.drop_path_groups(x, resolve_seed(seed, x.device), p, groups, per_sample, use_triton(x))
@@ -87,6 +89,7 @@ def drop_path(branches: Union[Tensor, Sequence[Tensor]], p: float, training: boo
         raise TypeError(f"branches must be a tensor or a list of tensors, got {type(branches).__name__}")
     branches = _check_branches(branches)
     p = check_p(p)
+    check_seed(seed)
     if not training or p == 0.0:
         return torch.cat(branches, dim=1)
     first = branches[0]
@@ -112,6 +115,7 @@ def drop_layer(branch: Tensor, shortcut: Tensor, p: float, training: bool = True
     if branch.dim() < 1:
         raise ValueError("drop_layer needs (N, *) tensors, got 0-d tensors")
     p = check_p(p)
+    check_seed(seed)
     if not training or p == 0.0:
         return shortcut + branch
     return torch.ops.effdrop.drop_layer(branch, shortcut, resolve_seed(seed, branch.device), p, per_sample, use_triton(branch))

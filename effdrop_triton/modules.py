@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from typing import Optional, Sequence, Union
 
+import torch
 from torch import Tensor, nn
 
-from ._checks import check_mode, check_p
+from . import philox
+from ._checks import check_groups, check_mode, check_p, resolve_seed
 from .functional import drop_channel, drop_layer, drop_neuron, drop_path
 
 
@@ -39,6 +41,7 @@ class DropPath(_Drop):
     def __init__(self, p: float = 0.5, mode: str = "sample", groups: Optional[int] = None):
         super().__init__(p)
         check_mode(mode)
+        check_groups(groups)
         self.mode = mode
         self.groups = groups
 
@@ -66,6 +69,50 @@ class DropLayer(_Drop):
 
     def extra_repr(self) -> str:
         return f"p={self.p}, mode={self.mode!r}"
+
+
+class Residual(nn.Module):
+    """``shortcut(x) + gate * branch(x) / (1 - drop_rate)`` (identity shortcut when None) that saves
+    the branch's compute where it is dropped.
+
+    ``mode="batch"`` decides the gate on the host and never calls ``branch`` on a dropped
+    step. ``mode="sample"`` with ``skip_dropped=True`` runs ``branch`` on the kept samples only
+    and adds them back scaled; plain ``mode="sample"`` runs the whole batch through the fused
+    ``drop_layer``. The gates are those ``drop_layer`` draws for the same seed. The host-side
+    decisions make the batch and skip modes data-dependent (a graph break under ``torch.compile``).
+    """
+
+    def __init__(self, branch: nn.Module, shortcut: Optional[nn.Module] = None, drop_rate: float = 0.0,
+                 mode: str = "sample", skip_dropped: bool = False):
+        super().__init__()
+        self.branch = branch
+        self.shortcut = shortcut
+        self.drop_rate = check_p(drop_rate, "drop_rate")
+        check_mode(mode)
+        self.mode = mode
+        self.skip_dropped = bool(skip_dropped)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x if self.shortcut is None else self.shortcut(x)
+        p = self.drop_rate
+        if not self.training or p == 0.0:
+            return shortcut + self.branch(x)
+        if self.mode == "batch":
+            seed = resolve_seed(None, torch.device("cpu"))  # host generator: no device sync for the decision
+            if not bool(philox.unit_keep(torch.zeros(1, dtype=torch.int64), seed, philox.STREAM_LAYER, p)):
+                return shortcut
+            return drop_layer(self.branch(x), shortcut, p, mode="batch", seed=seed)
+        seed = resolve_seed(None, x.device)
+        if not self.skip_dropped:
+            return drop_layer(self.branch(x), shortcut, p, mode="sample", seed=seed)
+        samples = torch.arange(x.shape[0], dtype=torch.int64, device=x.device)
+        kept = philox.unit_keep(samples, seed, philox.STREAM_LAYER, p).nonzero().squeeze(1)
+        if kept.numel() == 0:
+            return shortcut
+        return shortcut.index_add(0, kept, self.branch(x.index_select(0, kept)), alpha=philox.keep_scale(p))
+
+    def extra_repr(self) -> str:
+        return f"drop_rate={self.drop_rate}, mode={self.mode!r}, skip_dropped={self.skip_dropped}"
 
 
 DROP_TYPES = {0: DropNeuron, 1: DropChannel, 2: DropPath, 3: DropLayer}

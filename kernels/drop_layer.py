@@ -37,7 +37,7 @@ def _drop_layer_kernel(
     keep = unit_keep(seed, unit, STREAM_LAYER, threshold)
     shortcut = tl.load(shortcut_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
     branch = tl.load(branch_ptr + offs, mask=in_bounds & keep, other=0.0).to(tl.float32)
-    y = shortcut + tl.where(keep, branch * scale, 0.0)
+    y = tl.where(keep, shortcut + branch * scale, shortcut)
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
 
 

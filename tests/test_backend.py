@@ -53,3 +53,10 @@ def test_import_does_not_touch_cuda_or_triton():
     )
     result = _run(code)
     assert result.stdout.strip() == "ok", result.stderr
+
+
+@pytest.mark.parametrize("value,interpreting", [("1", True), ("true", True), ("0", False), ("false", False),
+                                                ("off", False), ("", False)])
+def test_triton_interpret_is_read_as_triton_reads_it(monkeypatch, value, interpreting):
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert backend._interpreting() is interpreting

@@ -110,3 +110,15 @@ def test_bad_seeds(seed, error):
 def test_non_tensor_input():
     with pytest.raises(TypeError, match="x must be a torch.Tensor, got list"):
         ed.drop_neuron([1.0, 2.0], 0.5)
+
+
+def test_seed_is_checked_in_eval_and_at_p0_too():
+    with pytest.raises(ValueError, match="seed must be in"):
+        ed.drop_neuron(X, 0.5, training=False, seed=-1)
+    with pytest.raises(TypeError, match="seed must be an int"):
+        ed.drop_layer(X, X, 0.0, seed="a")
+
+
+def test_drop_path_module_checks_groups():
+    with pytest.raises(ValueError, match="groups must be a positive int, got 0"):
+        ed.DropPath(0.1, groups=0)

@@ -263,3 +263,40 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda t, u: ed.drop_layer(t, u, 0.4, seed=1), (x, s))
     assert torch.autograd.gradgradcheck(lambda t, u: ed.drop_path([t, u], 0.4, seed=1), (x, b))
     assert torch.autograd.gradgradcheck(lambda t, u: ed.drop_layer(t, u, 0.4, seed=1), (x, s))
+
+
+# ---------------------------------------------------------------------------- non-finite and negative inputs
+
+
+def _special_values(shape):
+    """Negative values, infinities and NaNs, so a dropped unit must be written, not multiplied by 0."""
+    x = -torch.rand(shape) - 1
+    x.view(-1)[::7] = float("inf")
+    x.view(-1)[3::11] = float("nan")
+    return x
+
+
+@pytest.mark.parametrize("op", ["channel", "path", "path_list"])
+def test_dropped_units_are_positive_zeros(op):
+    x = _special_values((6, 8, 3, 3))
+    if op == "channel":
+        y, units = ed.drop_channel(x, 0.5, seed=2), (6, 8)
+    elif op == "path":
+        y, units = ed.drop_path(x, 0.5, groups=4, seed=2), (6, 4)
+    else:
+        y, units = ed.drop_path(list(x.split([4, 4], 1)), 0.5, seed=2), (6, 2)
+    rows = y.reshape(*units, -1)
+    dropped = (rows.view(torch.int32) == 0).all(-1)  # +0.0 has the all-zero bit pattern
+    kept_rows = x.reshape(*units, -1)[~dropped] * scale_of(0.5)
+    assert 0 < dropped.sum() < dropped.numel()
+    torch.testing.assert_close(rows[~dropped], kept_rows, equal_nan=True, rtol=0, atol=0)
+
+
+def test_dropped_branch_leaves_the_shortcut_bit_for_bit():
+    branch = _special_values((16, 3, 2, 2))
+    shortcut = torch.randn(16, 3, 2, 2)
+    shortcut[0] = -0.0
+    y = ed.drop_layer(branch, shortcut, 0.5, seed=9)
+    same = (y.view(torch.int32) == shortcut.view(torch.int32)).flatten(1).all(1)
+    assert 0 < same.sum() < 16
+    assert not y[same].isnan().any()

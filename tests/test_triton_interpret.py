@@ -187,3 +187,32 @@ def test_drop_path_list_of_channel_slices(layout):
     x = nonzero_randn((3, 12, 5, 3), torch.float32, layout)
     ref, out = run_both(lambda t: ed.drop_path(list(t.split([2, 7, 3], 1)), 0.5, seed=4), x)
     assert_parity(ref, out, exact=True)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("op", ["neuron", "channel", "path", "path_list", "layer"])
+def test_bit_identical_with_nonfinite_and_negative_inputs(op, layout):
+    x = -torch.rand(4, 8, 3, 3) - 1
+    x.view(-1)[::7] = float("inf")
+    x.view(-1)[3::11] = float("nan")
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    shortcut = torch.randn(4, 8, 3, 3)
+    shortcut[1] = -0.0
+    fn = {
+        "neuron": lambda: ed.drop_neuron(x, 0.5, seed=3),
+        "channel": lambda: ed.drop_channel(x, 0.5, seed=3),
+        "path": lambda: ed.drop_path(x, 0.5, groups=4, seed=3),
+        "path_list": lambda: ed.drop_path(list(x.split([3, 5], 1)), 0.5, seed=3),
+        "layer": lambda: ed.drop_layer(x, shortcut, 0.5, seed=3),
+    }[op]
+    with ed.use_backend("torch"):
+        reference = fn()
+    with ed.use_backend("triton"):
+        out = fn()
+    if op == "layer":  # an add follows: the dropped samples are the shortcut bit for bit, kept ones within 1 ulp
+        assert torch.equal(out.isnan(), reference.isnan())
+        finite = ~reference.isnan()
+        assert_within_ulp(out[finite], reference[finite])
+    else:
+        assert torch.equal(out.contiguous().view(torch.int32), reference.contiguous().view(torch.int32))

@@ -20,10 +20,8 @@ def _layer_inputs(branch: Tensor, shortcut: Tensor):
 
 
 def drop_layer_torch(branch: Tensor, shortcut: Tensor, out: Tensor, seed: Tensor, p: float, per_sample: bool) -> None:
-    """Fallback: one ``addcmul`` pass (a ``copy_`` when everything is dropped)."""
-    if p >= 1.0:
-        out.copy_(shortcut)
-        return
+    """Fallback: one ``addcmul`` pass, then the shortcut itself for dropped samples (as the kernel,
+    which never reads their branch: no NaN from a non-finite dropped branch)."""
     N = branch.shape[0]
     keep = unit_keep_table(N, 1, seed, p, stream=philox.STREAM_LAYER, per_sample=per_sample,
                            units_per_sample=1, device=branch.device)
@@ -32,18 +30,29 @@ def drop_layer_torch(branch: Tensor, shortcut: Tensor, out: Tensor, seed: Tensor
         torch.addcmul(shortcut, branch, factor, out=out)
     else:  # fp16/bf16: add in fp32, round once
         out.copy_(torch.addcmul(shortcut.to(factor.dtype), branch, factor))
+    dropped = ~keep.view(N)
+    if out.device.type == "cpu":  # copy only the dropped samples (no device sync on the CPU)
+        index = dropped.nonzero().squeeze(1)
+        out[index] = shortcut[index]
+    else:
+        torch.where(dropped.view(factor.shape), shortcut, out, out=out)
+
+
+def _layer_output(branch: Tensor, shortcut: Tensor, use_triton: bool) -> Tensor:
+    return empty_dense_like(_layer_inputs(branch, shortcut)[1] if use_triton else shortcut)
 
 
 @torch.library.custom_op("effdrop::drop_layer", mutates_args=())
 def drop_layer_op(branch: Tensor, shortcut: Tensor, seed: Tensor, p: float, per_sample: bool,
                   use_triton: bool) -> Tensor:
-    branch, shortcut = _layer_inputs(branch, shortcut)
-    out = empty_dense_like(shortcut)
+    out = _layer_output(branch, shortcut, use_triton)
     if out.numel() == 0:
         return out
     if use_triton:
         from effdrop_triton.kernels.drop_layer import drop_layer_triton
 
+        # the kernel walks each sample's memory: branch, shortcut and output in one layout
+        branch, shortcut = _layer_inputs(branch, shortcut)
         drop_layer_triton(branch, shortcut, out, seed, p, per_sample)
     else:
         drop_layer_torch(branch, shortcut, out, seed, p, per_sample)
@@ -52,7 +61,7 @@ def drop_layer_op(branch: Tensor, shortcut: Tensor, seed: Tensor, p: float, per_
 
 @drop_layer_op.register_fake
 def _(branch, shortcut, seed, p, per_sample, use_triton):
-    return empty_dense_like(_layer_inputs(branch, shortcut)[1])
+    return _layer_output(branch, shortcut, use_triton)
 
 
 @torch.library.custom_op("effdrop::layer_gate", mutates_args=())

@@ -12,8 +12,6 @@ from .._layout import empty_dense_like
 def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
     """Fallback: the documented 16-bit mask, generated with Philox in int64 arithmetic."""
     out = empty_dense_like(x)
-    if p >= 1.0:
-        return out.zero_()
     drop = philox.neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
     torch.mul(x, philox.keep_scale(p), out=out)
     return out.masked_fill_(drop, 0)

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import philox
-from .._layout import as_ncs, empty_dense, empty_dense_like
+from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor
 from .unit_gate import path_gate, unit_gate
 
 
@@ -22,8 +22,7 @@ def _cat_output(branches: List[Tensor]) -> Tensor:
     first = branches[0]
     shape = (first.shape[0], sum(b.shape[1] for b in branches), *first.shape[2:])
     # channels-minor branches (channels_last tensors or channel slices of one) give a channels_last output
-    channels_last = first.dim() >= 3 and all(not b.is_contiguous() and b.stride(1) == 1 for b in branches)
-    return empty_dense(shape, channels_last, first.dtype, first.device)
+    return empty_dense(shape, all(is_channels_minor(b) for b in branches), first.dtype, first.device)
 
 
 def _split_outputs(grad: Tensor, sizes: List[int]) -> List[Tensor]:

@@ -31,14 +31,23 @@ def gate_factor(keep: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tenso
     return keep.to(compute_dtype).mul_(philox.keep_scale(p))
 
 
+def zero_dropped(dst: torch.Tensor, keep: torch.Tensor) -> None:
+    """Write +0.0 into the dropped (n, c) rows of an (N, C, S) view, as the kernels do: the
+    multiply by 0 leaves NaN for non-finite inputs and -0.0 for negative ones."""
+    dropped = ~keep
+    if dst.device.type == "cpu":  # touch only the dropped rows (no device sync on the CPU)
+        n, c = dropped.nonzero(as_tuple=True)
+        dst[n, c] = 0
+    else:
+        dst.masked_fill_(dropped[:, :, None], 0)
+
+
 def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, **rule) -> None:
     """Fallback: ``dst = src * keep / (1 - p)`` for (N, C, S) views."""
     N, C, _ = src.shape
-    if p >= 1.0:
-        dst.zero_()
-        return
     keep = unit_keep_table(N, C, seed, p, device=src.device, **rule)
     torch.mul(src, gate_factor(keep, p, src.dtype)[:, :, None], out=dst)
+    zero_dropped(dst, keep)
 
 
 def unit_gate(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, use_triton: bool, **rule) -> None:
@@ -59,13 +68,11 @@ def path_gate(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool, use_tr
                 unit_gate(src, dst, seed, p, True, stream=philox.STREAM_PATH, per_sample=per_sample,
                           units_per_sample=paths, unit_base=index, channels_per_unit=src.shape[1])
         return
-    if p >= 1.0:
-        for dst in dsts:
-            dst.zero_()
-        return
     # the fallback draws the (N, paths) table once for all paths
-    keep = unit_keep_table(srcs[0].shape[0], paths, seed, p, stream=philox.STREAM_PATH, per_sample=per_sample,
+    N = srcs[0].shape[0]
+    keep = unit_keep_table(N, paths, seed, p, stream=philox.STREAM_PATH, per_sample=per_sample,
                            units_per_sample=paths, device=srcs[0].device)
     factor = gate_factor(keep, p, srcs[0].dtype)
     for index, (src, dst) in enumerate(zip(srcs, dsts)):
         torch.mul(src, factor[:, index, None, None], out=dst)
+        zero_dropped(dst, keep[:, index, None].expand(N, dst.shape[1]))
