@@ -5,7 +5,10 @@ PY := $(VENV)/bin/python
 # torch and torchvision as a matching pair; override for another platform or CUDA build
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-fallback test-interpret test-bench bench
+# the Triton release of the GPU machine, tested beside the one torch brings
+TRITON_OLD ?= triton==3.6.0
+
+.PHONY: install demo test test-fallback test-interpret test-triton-old test-bench bench
 
 install: $(VENV)/.installed
 
@@ -19,7 +22,7 @@ $(VENV)/.installed: pyproject.toml
 demo: install
 	$(PY) -m effdrop_triton
 
-test: test-fallback test-interpret test-bench
+test: test-fallback test-interpret test-triton-old test-bench
 
 test-fallback: install
 	$(PY) -m pytest tests -q -ra
@@ -27,6 +30,16 @@ test-fallback: install
 # Triton kernels on the CPU: TRITON_INTERPRET must be set before the kernels are defined
 test-interpret: install
 	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_triton_interpret.py -q
+
+# the kernels under the older Triton too: interpreter parity and sm_90 compilation
+$(VENV)/triton-old/.installed: $(VENV)/.installed
+	$(PY) -m pip install --quiet --no-deps --target $(VENV)/triton-old $(TRITON_OLD)
+	touch $@
+
+test-triton-old: $(VENV)/triton-old/.installed
+	PYTHONPATH=$(VENV)/triton-old $(PY) -c "import triton; print(\"Triton\", triton.__version__)"
+	TRITON_INTERPRET=1 PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest tests/test_triton_interpret.py -q -p no:cacheprovider
+	PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest tests/test_kernels_compile.py -q -p no:cacheprovider
 
 # the benchmark suites in a reduced form (no timing), so they cannot rot
 test-bench: install
