@@ -261,6 +261,9 @@ def test_gradcheck_float64():
     assert torch.autograd.gradcheck(lambda t: ed.drop_path(t, 0.4, groups=2, seed=1), (x,))
     assert torch.autograd.gradcheck(lambda t, u: ed.drop_path([t, u], 0.4, seed=1), (x, b))
     assert torch.autograd.gradcheck(lambda t, u: ed.drop_layer(t, u, 0.4, seed=1), (x, s))
+    assert torch.autograd.gradgradcheck(lambda t: ed.drop_neuron(t, 0.4, seed=1), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: ed.drop_channel(t, 0.4, seed=1), (x,))
+    assert torch.autograd.gradgradcheck(lambda t: ed.drop_path(t, 0.4, groups=2, mode="batch", seed=1), (x,))
     assert torch.autograd.gradgradcheck(lambda t, u: ed.drop_path([t, u], 0.4, seed=1), (x, b))
     assert torch.autograd.gradgradcheck(lambda t, u: ed.drop_layer(t, u, 0.4, seed=1), (x, s))
 

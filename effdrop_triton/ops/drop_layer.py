@@ -8,6 +8,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
+from ._autograd import register_self_adjoint
 from .unit_gate import gate_factor, unit_gate, unit_keep_table
 
 
@@ -91,15 +92,5 @@ def _backward_layer(ctx, grad):
     return grad_branch, grad, None, None, None, None
 
 
-def _setup_gate(ctx, inputs, output):
-    _, seed, ctx.p, ctx.per_sample, ctx.use_triton = inputs
-    ctx.save_for_backward(seed)
-
-
-def _backward_gate(ctx, grad):
-    (seed,) = ctx.saved_tensors
-    return layer_gate_op(grad, seed, ctx.p, ctx.per_sample, ctx.use_triton), None, None, None, None
-
-
 drop_layer_op.register_autograd(_backward_layer, setup_context=_setup_layer)
-layer_gate_op.register_autograd(_backward_gate, setup_context=_setup_gate)
+register_self_adjoint(layer_gate_op)

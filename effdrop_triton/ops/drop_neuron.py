@@ -7,6 +7,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like
+from ._autograd import register_self_adjoint
 
 
 def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
@@ -31,14 +32,4 @@ def _(x, seed, p, use_triton):
     return empty_dense_like(x)
 
 
-def _setup_context(ctx, inputs, output):
-    _, seed, ctx.p, ctx.use_triton = inputs
-    ctx.save_for_backward(seed)
-
-
-def _backward(ctx, grad):
-    (seed,) = ctx.saved_tensors
-    return drop_neuron_op(grad, seed, ctx.p, ctx.use_triton), None, None, None
-
-
-drop_neuron_op.register_autograd(_backward, setup_context=_setup_context)
+register_self_adjoint(drop_neuron_op)

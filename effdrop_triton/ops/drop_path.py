@@ -15,6 +15,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor
+from ._autograd import register_self_adjoint
 from .unit_gate import path_gate, unit_gate
 
 
@@ -92,16 +93,6 @@ def _backward_split(ctx, grads):
     return drop_path_cat_op(list(grads), seed, ctx.p, ctx.per_sample, ctx.use_triton), None, None, None, None, None
 
 
-def _setup_groups(ctx, inputs, output):
-    _, seed, ctx.p, ctx.groups, ctx.per_sample, ctx.use_triton = inputs
-    ctx.save_for_backward(seed)
-
-
-def _backward_groups(ctx, grad):
-    (seed,) = ctx.saved_tensors
-    return drop_path_groups_op(grad, seed, ctx.p, ctx.groups, ctx.per_sample, ctx.use_triton), None, None, None, None, None
-
-
 drop_path_cat_op.register_autograd(_backward_cat, setup_context=_setup_cat)
 drop_path_split_op.register_autograd(_backward_split, setup_context=_setup_split)
-drop_path_groups_op.register_autograd(_backward_groups, setup_context=_setup_groups)
+register_self_adjoint(drop_path_groups_op)
