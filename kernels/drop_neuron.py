@@ -23,19 +23,21 @@ def _drop_neuron_flat_kernel(
     threshold,  # keep when the 16-bit number is below this
     scale,  # fp32 1 / (1 - p)
     CALLS: tl.constexpr,  # Philox calls per program (8 elements each)
+    LANES: tl.constexpr,  # elements per 16-byte vector: the 8 of a call are moved in 8 // LANES pieces
 ):
     pid = tl.program_id(0).to(tl.int64)
     call = pid * CALLS + tl.arange(0, CALLS).to(tl.int64)  # [CALLS]
-    lane = tl.arange(0, 8)
-    offs = call[:, None] * 8 + lane[None, :]  # [CALLS, 8]: element 8 * call + lane
-    in_bounds = offs < numel
     seed = tl.load(seed_ptr)
     w0, w1, w2, w3 = philox_words(seed, call, STREAM_NEURON)
-    u16 = select_half_word(w0[:, None], w1[:, None], w2[:, None], w3[:, None], lane[None, :])
-    keep = u16 < threshold
-    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-    y = tl.where(keep, x * scale, 0.0)
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
+    # one thread owns a call's pieces, so each Philox call runs once
+    for piece in tl.static_range(8 // LANES):
+        lane = piece * LANES + tl.arange(0, LANES)[None, :]  # [1, LANES]
+        offs = call[:, None] * 8 + lane  # [CALLS, LANES]: element 8 * call + lane
+        in_bounds = offs < numel
+        keep = select_half_word(w0[:, None], w1[:, None], w2[:, None], w3[:, None], lane) < threshold
+        x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
+        y = tl.where(keep, x * scale, 0.0)
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
 
 
 @triton.jit
@@ -57,45 +59,51 @@ def _drop_neuron_channels_last_kernel(
     s_block = pid % num_s_blocks
     c_block = (pid // num_s_blocks) % num_c_blocks
     n = pid // (num_s_blocks * num_c_blocks)
-    group = s_block * BLOCK_S8 + tl.arange(0, BLOCK_S8).to(tl.int64)
-    j = tl.arange(0, 8)
-    c = (c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64))[None, None, :]  # [1, 1, BC]
-    s = group[:, None, None] * 8 + j[None, :, None]  # [BS8, 8, 1]
-    in_bounds = (s < S) & (c < C)
-    offs = n * S * C + s * C + c
+    group = (s_block * BLOCK_S8 + tl.arange(0, BLOCK_S8).to(tl.int64))[:, None]  # [BS8, 1]
+    c = (c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64))[None, :]  # [1, BC]
     seed = tl.load(seed_ptr)
     # the counter follows the logical (N, C, S) row-major index, not the memory order
     if ALIGNED:
-        call = (n * C + c) * (S // 8) + group[:, None, None]  # [BS8, 1, BC]
-        lane = j[None, :, None]
-    else:
-        index = (n * C + c) * S + s  # [BS8, 8, BC]
-        call = index >> 3
-        lane = (index & 7).to(tl.int32)
-    w0, w1, w2, w3 = philox_words(seed, call, STREAM_NEURON)
-    keep = select_half_word(w0, w1, w2, w3, lane) < threshold
-    x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
-    y = tl.where(keep, x * scale, 0.0)
-    tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
+        w0, w1, w2, w3 = philox_words(seed, (n * C + c) * (S // 8) + group, STREAM_NEURON)  # [BS8, BC]
+    # the 8 positions of a group stay in one thread, so each Philox call runs once
+    for j in tl.static_range(8):
+        s = group * 8 + j
+        in_bounds = (s < S) & (c < C)
+        offs = n * S * C + s * C + c
+        if ALIGNED:
+            u16 = select_half_word(w0, w1, w2, w3, tl.full([1, 1], j, tl.int32))
+        else:  # a call's 8 elements straddle channels: one call per element
+            index = (n * C + c) * S + s
+            v0, v1, v2, v3 = philox_words(seed, index >> 3, STREAM_NEURON)
+            u16 = select_half_word(v0, v1, v2, v3, (index & 7).to(tl.int32))
+        keep = u16 < threshold
+        x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
+        y = tl.where(keep, x * scale, 0.0)
+        tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
 
 
 def _launch_flat(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
     calls = 256
     grid = (triton.cdiv(x.numel(), 8 * calls),)
-    _drop_neuron_flat_kernel[grid](x, out, seed, x.numel(), neuron_threshold(p), keep_scale(p), CALLS=calls, num_warps=4)
+    lanes = min(8, 16 // x.element_size())
+    _drop_neuron_flat_kernel[grid](x, out, seed, x.numel(), neuron_threshold(p), keep_scale(p), CALLS=calls,
+                                   LANES=lanes, num_warps=4)
 
 
 def _launch_channels_last(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
     N, C = x.shape[0], x.shape[1]
     S = x.numel() // (N * C)
     block_c = min(64, triton.next_power_of_2(C))
-    block_s8 = max(1, min(triton.next_power_of_2(triton.cdiv(S, 8)), 256 // block_c))
+    block_s8 = min(triton.next_power_of_2(triton.cdiv(S, 8)), max(1, 1024 // block_c))
     num_s_blocks = triton.cdiv(S, 8 * block_s8)
     num_c_blocks = triton.cdiv(C, block_c)
+    # as many threads as 16-byte vectors in one [block_s8, block_c] piece: none computes a call twice
+    vectors = block_s8 * block_c * x.element_size() // 16
+    num_warps = max(1, min(4, vectors // 32))
     grid = (N * num_c_blocks * num_s_blocks,)
     _drop_neuron_channels_last_kernel[grid](
         x, out, seed, C, S, num_s_blocks, num_c_blocks, neuron_threshold(p), keep_scale(p),
-        BLOCK_S8=block_s8, BLOCK_C=block_c, ALIGNED=S % 8 == 0, num_warps=4,
+        BLOCK_S8=block_s8, BLOCK_C=block_c, ALIGNED=S % 8 == 0, num_warps=num_warps,
     )
 
 
