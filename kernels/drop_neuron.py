@@ -53,7 +53,7 @@ def _drop_neuron_channels_last_kernel(
     scale,
     BLOCK_S8: tl.constexpr,  # groups of 8 spatial positions per program
     BLOCK_C: tl.constexpr,
-    ALIGNED: tl.constexpr,  # S % 8 == 0: a spatial group of 8 shares one Philox call
+    ALIGNED: tl.constexpr,  # S % 8 == 0: a spatial group of 8 is one Philox call (else it straddles two)
 ):
     pid = tl.program_id(0).to(tl.int64)
     s_block = pid % num_s_blocks
@@ -63,19 +63,24 @@ def _drop_neuron_channels_last_kernel(
     c = (c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64))[None, :]  # [1, BC]
     seed = tl.load(seed_ptr)
     # the counter follows the logical (N, C, S) row-major index, not the memory order
+    first_index = (n * C + c) * S + group * 8  # [BS8, BC]: logical index of position j = 0
     if ALIGNED:
-        w0, w1, w2, w3 = philox_words(seed, (n * C + c) * (S // 8) + group, STREAM_NEURON)  # [BS8, BC]
-    # the 8 positions of a group stay in one thread, so each Philox call runs once
+        w0, w1, w2, w3 = philox_words(seed, first_index >> 3, STREAM_NEURON)
+    else:  # the 8 positions of a group straddle two calls
+        a0, a1, a2, a3 = philox_words(seed, first_index >> 3, STREAM_NEURON)
+        b0, b1, b2, b3 = philox_words(seed, (first_index >> 3) + 1, STREAM_NEURON)
+    # the 8 positions of a group stay in one thread, so no thread repeats another's Philox call
     for j in tl.static_range(8):
         s = group * 8 + j
         in_bounds = (s < S) & (c < C)
         offs = n * S * C + s * C + c
         if ALIGNED:
             u16 = select_half_word(w0, w1, w2, w3, tl.full([1, 1], j, tl.int32))
-        else:  # a call's 8 elements straddle channels: one call per element
-            index = (n * C + c) * S + s
-            v0, v1, v2, v3 = philox_words(seed, index >> 3, STREAM_NEURON)
-            u16 = select_half_word(v0, v1, v2, v3, (index & 7).to(tl.int32))
+        else:
+            index = first_index + j
+            second = (index >> 3) != (first_index >> 3)
+            u16 = select_half_word(tl.where(second, b0, a0), tl.where(second, b1, a1), tl.where(second, b2, a2),
+                                   tl.where(second, b3, a3), (index & 7).to(tl.int32))
         keep = u16 < threshold
         x = tl.load(x_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
         y = tl.where(keep, x * scale, 0.0)
