@@ -18,23 +18,25 @@ def _drop_layer_kernel(
     shortcut_ptr,  # (N, M) shortcut, same strides
     out_ptr,  # (N, M) output, same strides
     seed_ptr,  # () int64 seed
+    N,
     M,  # elements per sample
-    num_blocks,  # programs per sample
+    num_blocks,  # programs along a sample
     threshold,
     scale,
     PER_SAMPLE: tl.constexpr,
+    ROWS: tl.constexpr,  # samples per program (several when a sample is small)
     BLOCK: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
-    n = pid // num_blocks
-    idx = (pid % num_blocks) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
-    in_bounds = idx < M
+    n = (pid // num_blocks) * ROWS + tl.arange(0, ROWS).to(tl.int64)[:, None]  # [ROWS, 1]
+    idx = (pid % num_blocks) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)[None, :]  # [1, BLOCK]
+    in_bounds = (n < N) & (idx < M)
     offs = n * M + idx
     seed = tl.load(seed_ptr)
     unit = n * 0  # batch mode: one gate for every sample
     if PER_SAMPLE:
         unit = n
-    keep = unit_keep(seed, unit, STREAM_LAYER, threshold)
+    keep = unit_keep(seed, unit, STREAM_LAYER, threshold)  # [ROWS, 1]
     shortcut = tl.load(shortcut_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
     branch = tl.load(branch_ptr + offs, mask=in_bounds & keep, other=0.0).to(tl.float32)
     y = tl.where(keep, shortcut + branch * scale, shortcut)
@@ -49,8 +51,10 @@ def drop_layer_triton(branch: torch.Tensor, shortcut: torch.Tensor, out: torch.T
         return
     M = branch.numel() // N
     block = min(4096, triton.next_power_of_2(M))
+    rows = min(triton.next_power_of_2(N), max(1, 4096 // block))
     num_blocks = triton.cdiv(M, block)
-    _drop_layer_kernel[(N * num_blocks,)](
-        branch, shortcut, out, seed, M, num_blocks, unit_threshold(p), keep_scale(p),
-        PER_SAMPLE=per_sample, BLOCK=block, num_warps=4 if block <= 1024 else 8,
+    grid = (triton.cdiv(N, rows) * num_blocks,)
+    _drop_layer_kernel[grid](
+        branch, shortcut, out, seed, N, M, num_blocks, unit_threshold(p), keep_scale(p),
+        PER_SAMPLE=per_sample, ROWS=rows, BLOCK=block, num_warps=4 if rows * block <= 1024 else 8,
     )
