@@ -3,7 +3,7 @@ gradient of drop-layer share this kernel.
 
 An (N, C, S) source is copied to an (N, C, S) destination with every channel scaled
 by its unit's gate; unit of (n, c) = ``n * units_per_sample`` (per-sample mode only)
-``+ unit_base + c // channels_per_unit``. Rows of a dropped unit are never read
+``+ unit_base + c // channels_per_unit``. A program covers several samples when C * S is small. Rows of a dropped unit are never read
 (channels-first layouts).
 """
 
@@ -21,11 +21,12 @@ def _unit_gate_kernel(
     src_ptr,  # (N, C, S) strided input
     dst_ptr,  # (N, C, S) strided output
     seed_ptr,  # () int64 seed
+    N,
     C,
     S,
     src_sn, src_sc, src_ss,
     dst_sn, dst_sc, dst_ss,
-    units_per_sample,
+    sample_units,  # units per sample in per-sample mode, 0 in batch mode
     unit_base,
     channels_per_unit,
     num_s_blocks,
@@ -33,32 +34,30 @@ def _unit_gate_kernel(
     threshold,  # int64: keep when Philox word 0 is below this
     scale,  # fp32 1 / (1 - p)
     STREAM: tl.constexpr,
-    PER_SAMPLE: tl.constexpr,
     S_UNIT_STRIDE: tl.constexpr,  # src_ss == dst_ss == 1 (NCHW)
     C_UNIT_STRIDE: tl.constexpr,  # src_sc == dst_sc == 1 (channels_last)
+    BLOCK_N: tl.constexpr,  # samples per program (several when C * S is small)
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
     pid = tl.program_id(0).to(tl.int64)
     s_block = pid % num_s_blocks
     c_block = (pid // num_s_blocks) % num_c_blocks
-    n = pid // (num_s_blocks * num_c_blocks)
-    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)  # [BC]
-    s = s_block * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)  # [BS]
-    unit = unit_base + c // channels_per_unit
-    if PER_SAMPLE:
-        unit += n * units_per_sample
+    n_block = pid // (num_s_blocks * num_c_blocks)
+    n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64))[:, None, None]  # [BN, 1, 1]
+    c = (c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64))[None, :, None]  # [1, BC, 1]
+    s = (s_block * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64))[None, None, :]  # [1, 1, BS]
     seed = tl.load(seed_ptr)
-    keep = unit_keep(seed, unit, STREAM, threshold)[:, None]  # [BC, 1]
-    in_bounds = (c[:, None] < C) & (s[None, :] < S)
+    keep = unit_keep(seed, n * sample_units + unit_base + c // channels_per_unit, STREAM, threshold)  # [BN, BC, 1]
+    in_bounds = (n < N) & (c < C) & (s < S)
     if S_UNIT_STRIDE:
         src_ss = 1
         dst_ss = 1
     if C_UNIT_STRIDE:
         src_sc = 1
         dst_sc = 1
-    src = src_ptr + n * src_sn + c[:, None] * src_sc + s[None, :] * src_ss
-    dst = dst_ptr + n * dst_sn + c[:, None] * dst_sc + s[None, :] * dst_ss
+    src = src_ptr + n * src_sn + c * src_sc + s * src_ss
+    dst = dst_ptr + n * dst_sn + c * dst_sc + s * dst_ss
     if C_UNIT_STRIDE:
         # channels interleave within each cache line, so skipping dropped ones saves no traffic;
         # a mask that is constant along the vector keeps the loads 128-bit wide
@@ -85,23 +84,26 @@ def unit_gate_triton(
     N, C, S = src.shape
     if src.numel() == 0:
         return
-    s_unit = src.stride(2) == 1 and dst.stride(2) == 1
+    s_unit = S > 1 and src.stride(2) == 1 and dst.stride(2) == 1
     c_unit = src.stride(1) == 1 and dst.stride(1) == 1 and not s_unit
-    if c_unit:  # channels_last: channels are the contiguous axis of the tile
-        block_c = min(128, triton.next_power_of_2(C))
-        block_s = max(1, min(triton.next_power_of_2(S), 2048 // block_c))
+    if c_unit:
+        # channels_last: a thread holds a vector of channels, so it draws their gates once and
+        # reuses them over many positions (64 channels x 128 positions per program)
+        block_c = min(64, triton.next_power_of_2(C))
+        block_s = max(1, min(triton.next_power_of_2(S), 8192 // block_c))
     else:
         block_s = min(1024, triton.next_power_of_2(S))
         block_c = max(1, min(triton.next_power_of_2(C), 2048 // block_s))
+    block_n = max(1, min(triton.next_power_of_2(N), (8192 if c_unit else 2048) // (block_c * block_s)))
     num_s_blocks = triton.cdiv(S, block_s)
     num_c_blocks = triton.cdiv(C, block_c)
-    grid = (N * num_c_blocks * num_s_blocks,)
+    grid = (triton.cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
     _unit_gate_kernel[grid](
-        src, dst, seed, C, S,
+        src, dst, seed, N, C, S,
         src.stride(0), src.stride(1), src.stride(2),
         dst.stride(0), dst.stride(1), dst.stride(2),
-        units_per_sample, unit_base, channels_per_unit, num_s_blocks, num_c_blocks,
+        units_per_sample if per_sample else 0, unit_base, channels_per_unit, num_s_blocks, num_c_blocks,
         unit_threshold(p), keep_scale(p),
-        STREAM=stream, PER_SAMPLE=per_sample, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit,
-        BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
+        STREAM=stream, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit,
+        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
     )

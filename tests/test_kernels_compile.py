@@ -128,3 +128,16 @@ def test_drop_neuron_runs_each_philox_call_once(launches, channels_last, dtype, 
         calls_per_thread = max(1, calls // (32 * bound["num_warps"]))
         high_products = compile_launch(fn, args, kwargs).asm["ptx"].count("mul.hi")
         assert high_products <= 2 * 10 * calls_per_thread, (fn.__name__, high_products, calls_per_thread)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("op", ["channel", "path_groups", "path_list"])
+def test_unit_gates_are_drawn_once_per_many_elements(launches, channels_last, op):
+    """A (sample, channel) gate serves a whole map: a thread draws at most one gate per 8 elements."""
+    x = torch.randn(8, 64, 32, 32, dtype=torch.bfloat16)
+    _run(op, x.to(memory_format=torch.channels_last) if channels_last else x)
+    for fn, args, kwargs in launches:
+        bound = dict(zip(fn.arg_names, args), **kwargs)
+        elements_per_thread = bound["BLOCK_N"] * bound["BLOCK_C"] * bound["BLOCK_S"] // (32 * bound["num_warps"])
+        high_products = compile_launch(fn, args, kwargs).asm["ptx"].count("mul.hi")
+        assert high_products <= 2 * 10 * max(1, elements_per_thread // 8), (high_products, elements_per_thread)

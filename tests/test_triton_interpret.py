@@ -216,3 +216,18 @@ def test_bit_identical_with_nonfinite_and_negative_inputs(op, layout):
         assert_within_ulp(out[finite], reference[finite])
     else:
         assert torch.equal(out.contiguous().view(torch.int32), reference.contiguous().view(torch.int32))
+
+
+@pytest.mark.parametrize("shape", [(37, 3), (50, 2, 1, 1), (129, 4, 1)])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+def test_many_small_samples_per_program(shape, layout, mode):
+    if len(shape) == 2 and layout == "channels_last":
+        layout = "strided"
+    x = nonzero_randn(shape, torch.float32, layout)
+    ref, out = run_both(lambda t: ed.drop_channel(t, 0.5, seed=12), x)
+    assert_parity(ref, out, exact=True)
+    ref, out = run_both(lambda t: ed.drop_path(t, 0.5, groups=shape[1], mode=mode, seed=12), x)
+    assert_parity(ref, out, exact=True)
+    ref, out = run_both(lambda t: ed.drop_layer(t, t.detach() * 2, 0.5, mode=mode, seed=12), x)
+    assert_within_ulp(out[0], ref[0])
