@@ -303,3 +303,12 @@ def test_dropped_branch_leaves_the_shortcut_bit_for_bit():
     same = (y.view(torch.int32) == shortcut.view(torch.int32)).flatten(1).all(1)
     assert 0 < same.sum() < 16
     assert not y[same].isnan().any()
+
+
+@pytest.mark.parametrize("op", ["neuron", "channel", "path", "path_list", "layer"])
+def test_channels_last_stays_channels_last(op):
+    x = nonzero_randn((3, 8, 5, 4), layout="channels_last").requires_grad_()
+    y = _all_ops(x)[op](0.5, seed=1)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    y.backward(torch.ones_like(y))
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
