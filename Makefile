@@ -28,8 +28,9 @@ test-fallback: install
 	$(PY) -m pytest tests -q -ra
 
 # Triton kernels on the CPU: TRITON_INTERPRET must be set before the kernels are defined
+INTERPRET_TESTS := $(wildcard tests/test_*interpret*.py)
 test-interpret: install
-	TRITON_INTERPRET=1 $(PY) -m pytest tests/test_triton_interpret.py -q
+	TRITON_INTERPRET=1 $(PY) -m pytest $(INTERPRET_TESTS) -q
 
 # the kernels under the older Triton too: interpreter parity and sm_90 compilation
 $(VENV)/triton-old/.installed: $(VENV)/.installed
@@ -38,7 +39,7 @@ $(VENV)/triton-old/.installed: $(VENV)/.installed
 
 test-triton-old: $(VENV)/triton-old/.installed
 	PYTHONPATH=$(VENV)/triton-old $(PY) -c "import triton; print(\"Triton\", triton.__version__)"
-	TRITON_INTERPRET=1 PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest tests/test_triton_interpret.py -q -p no:cacheprovider
+	TRITON_INTERPRET=1 PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest $(INTERPRET_TESTS) -q -p no:cacheprovider
 	PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest tests/test_kernels_compile.py -q -p no:cacheprovider
 
 # the benchmark suites in a reduced form (no timing), so they cannot rot
