@@ -1,0 +1,174 @@
+"""Norm + ReLU + dropout as one module: ``BatchNormActDrop2d`` and ``GroupNormActDrop``.
+
+Both subclass the PyTorch norm they extend, so their state dicts are those of
+``nn.BatchNorm2d`` / ``nn.GroupNorm`` and load both ways. ``fused=True`` runs the
+fused ``norm_act_drop`` op (one statistics pass and one apply pass; backward keeps only
+the input and the statistics); ``fused=False`` runs the eager composition with the
+same mask. ``track_stats=True`` records the input statistics of train-mode and
+eval-mode passes separately (variance shift, see ``effdrop_triton.variance_shift``).
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import check_p
+from . import functional
+from .functional import drop_channel, drop_neuron
+from .modules import drop_type_index
+
+_INNER_DROPS = {0: "neuron", 1: "channel"}
+
+
+def check_inner_drop_type(drop_type: Union[int, str]) -> str:
+    """The dropout levels that act inside a norm or conv block: neuron (0) or channel (1)."""
+    index = drop_type_index(drop_type)
+    if index not in _INNER_DROPS:
+        raise ValueError(
+            f"drop_type inside a norm/conv block must be 'neuron' (0) or 'channel' (1), got {drop_type!r}; "
+            "drop-path and drop-layer act on whole paths and residual branches (models, Residual)"
+        )
+    return _INNER_DROPS[index]
+
+
+class InputStats:
+    """Mixin: cumulative per-channel mean/var of a norm's input, kept apart for train and eval passes.
+
+    Buffers are not persistent, so the state dict stays that of the PyTorch norm.
+    """
+
+    track_stats: bool
+
+    def _init_input_stats(self, num_channels: int, track_stats: bool) -> None:
+        self.track_stats = bool(track_stats)
+        for phase in ("train", "eval"):
+            self.register_buffer(f"input_mean_{phase}", torch.zeros(num_channels), persistent=False)
+            self.register_buffer(f"input_var_{phase}", torch.zeros(num_channels), persistent=False)
+            self.register_buffer(f"input_count_{phase}", torch.zeros((), dtype=torch.int64), persistent=False)
+
+    def reset_input_stats(self) -> None:
+        for phase in ("train", "eval"):
+            getattr(self, f"input_mean_{phase}").zero_()
+            getattr(self, f"input_var_{phase}").zero_()
+            getattr(self, f"input_count_{phase}").zero_()
+
+    @torch.no_grad()
+    def record_input_stats(self, mean: Tensor, var: Tensor) -> None:
+        """Fold one pass's per-channel mean and (biased) variance into the running average of its phase."""
+        phase = "train" if self.training else "eval"
+        count = getattr(self, f"input_count_{phase}")
+        count += 1
+        weight = 1.0 / count.to(torch.float32)
+        getattr(self, f"input_mean_{phase}").lerp_(mean.float(), weight)
+        getattr(self, f"input_var_{phase}").lerp_(var.float(), weight)
+
+
+class BatchNormActDrop2d(nn.BatchNorm2d, InputStats):
+    """``BatchNorm2d`` -> ReLU (``act``) -> drop-neuron / drop-channel with rate ``drop_rate``."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, act: bool = True, drop_type: Union[int, str] = "channel",
+                 drop_rate: float = 0.0, fused: bool = True, track_stats: bool = False, device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        self.act = bool(act)
+        self.drop_type = check_inner_drop_type(drop_type)
+        self.drop_rate = check_p(drop_rate, "drop_rate")
+        self.fused = bool(fused)
+        self._init_input_stats(num_features, track_stats)
+
+    def _norm_args(self) -> dict:
+        """The ``norm_act_drop`` arguments of this module's current state (as ``nn.BatchNorm2d.forward``)."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_running = not self.training or self.track_running_stats
+        return dict(weight=self.weight, bias=self.bias,
+                    running_mean=self.running_mean if use_running else None,
+                    running_var=self.running_var if use_running else None,
+                    norm="bn", training=self.training,
+                    use_batch_stats=self.training or (self.running_mean is None and self.running_var is None),
+                    momentum=factor, eps=self.eps, act=self.act, drop_type=self.drop_type, p=self.drop_rate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input_dim(x)
+        return apply_norm_act_drop(self, x, self._norm_args())
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, act={self.act}, drop_type={self.drop_type!r}, drop_rate={self.drop_rate}, "
+                f"fused={self.fused}, track_stats={self.track_stats}")
+
+
+class GroupNormActDrop(nn.GroupNorm, InputStats):
+    """``GroupNorm`` -> ReLU (``act``) -> drop-neuron / drop-channel with rate ``drop_rate``."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, act: bool = True,
+                 drop_type: Union[int, str] = "channel", drop_rate: float = 0.0, fused: bool = True,
+                 track_stats: bool = False, device=None, dtype=None):
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or num_channels % num_groups:
+            raise ValueError(f"num_groups={num_groups!r} must be a positive int dividing num_channels={num_channels}")
+        super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
+        self.act = bool(act)
+        self.drop_type = check_inner_drop_type(drop_type)
+        self.drop_rate = check_p(drop_rate, "drop_rate")
+        self.fused = bool(fused)
+        self._init_input_stats(num_channels, track_stats)
+
+    def _norm_args(self) -> dict:
+        return dict(weight=self.weight, bias=self.bias, running_mean=None, running_var=None, norm="gn",
+                    num_groups=self.num_groups, training=self.training, eps=self.eps, act=self.act,
+                    drop_type=self.drop_type, p=self.drop_rate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return apply_norm_act_drop(self, x, self._norm_args())
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, act={self.act}, drop_type={self.drop_type!r}, drop_rate={self.drop_rate}, "
+                f"fused={self.fused}, track_stats={self.track_stats}")
+
+
+NormActDrop = (BatchNormActDrop2d, GroupNormActDrop)
+
+
+def input_channel_stats(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-channel fp32 mean and biased variance of an ``(N, C, *)`` tensor."""
+    dims = [0] + list(range(2, x.dim()))
+    var, mean = torch.var_mean(x.detach().float(), dim=dims, correction=0)
+    return mean, var
+
+
+def eager_norm_act_drop(x: Tensor, args: dict) -> Tensor:
+    """The unfused composition: PyTorch's norm, ReLU, then the standalone dropout op."""
+    if args["norm"] == "bn":
+        y = F.batch_norm(x, args["running_mean"], args["running_var"], args["weight"], args["bias"],
+                         args["use_batch_stats"], args["momentum"], args["eps"])
+    else:
+        y = F.group_norm(x, args["num_groups"], args["weight"], args["bias"], args["eps"])
+    if args["act"]:
+        y = F.relu(y)
+    drop = drop_neuron if args["drop_type"] == "neuron" else drop_channel
+    return drop(y, args["p"], args["training"], seed=args.get("seed"))
+
+
+def apply_norm_act_drop(module, x: Tensor, args: dict, conv: Optional[nn.Conv2d] = None) -> Tensor:
+    """Run ``module``'s norm-act-drop on ``x`` (then ``conv`` if given), fused or eager, recording
+    the input statistics when the module tracks them."""
+    if module.fused and hasattr(functional, "norm_act_drop_conv2d"):  # TEMPORARY until the fused op lands
+        if conv is None:
+            out = functional.norm_act_drop(x, **args, input_stats=module.track_stats)
+        else:
+            out = functional.norm_act_drop_conv2d(x, conv_weight=conv.weight, conv_bias=conv.bias, stride=conv.stride,
+                                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+                                       **args, input_stats=module.track_stats)
+        if module.track_stats:
+            out, (mean, var) = out
+            module.record_input_stats(mean, var)
+        return out
+    if module.track_stats:
+        module.record_input_stats(*input_channel_stats(x))
+    out = eager_norm_act_drop(x, args)
+    return out if conv is None else conv(out)
