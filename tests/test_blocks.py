@@ -1,0 +1,181 @@
+"""ConvBlock and the norm-act-drop modules: block order, norms, initialization, BatchNorm
+compatibility (running statistics, state dicts), fused against eager, errors, memory."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import effdrop_triton as ed
+from effdrop_triton.norm_act import BatchNormActDrop2d, GroupNormActDrop
+from test_memory import saved_bytes
+
+ORDERS = {
+    0: ["norm", "conv"],
+    1: ["norm", "conv", "drop"],
+    2: ["drop", "conv", "norm"],
+    3: ["conv", "drop", "norm"],
+}
+
+
+@pytest.mark.parametrize("block_type", range(4))
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_block_order_and_norm(block_type, norm):
+    block = ed.ConvBlock(8, 16, 3, block_type=block_type, norm=norm, gn_groups=4, drop_rate=0.2, padding=1)
+    assert [name for name, _ in block.named_children()] == ORDERS[block_type]
+    expected_norm = nn.BatchNorm2d if norm == "bn" else nn.GroupNorm
+    norms = [m for m in block.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+    assert len(norms) == 1 and isinstance(norms[0], expected_norm)
+    # the norm sits on the conv input for types 0/1, on its output for types 2/3
+    assert block.norm.num_features if norm == "bn" else block.norm.num_channels == (8 if block_type < 2 else 16)
+    assert block.norm.act
+    if block_type == 0:  # the dropout is the norm module's last step
+        assert block.norm.drop_rate == 0.2 and not hasattr(block, "drop")
+    else:
+        assert block.norm.drop_rate == 0.0 and isinstance(block.drop, ed.DropChannel) and block.drop.p == 0.2
+    assert block.drop_rate == 0.2
+
+
+@pytest.mark.parametrize("block_type", range(4))
+@pytest.mark.parametrize("fused", [True, False])
+def test_block_matches_composition_of_its_parts(block_type, fused):
+    """The block equals its parts applied in its order, with PyTorch's own norm and ReLU and the
+    dropout mask of the standalone op for the same seed."""
+    torch.manual_seed(0)
+    block = ed.ConvBlock(6, 10, 3, block_type=block_type, drop_type="neuron", drop_rate=0.4, padding=1, fused=fused)
+    x = torch.randn(3, 6, 7, 7)
+    reference_bn = nn.BatchNorm2d(block.norm.num_features)
+    reference_bn.load_state_dict(block.norm.state_dict())
+    torch.manual_seed(1)
+    out = block(x)
+
+    torch.manual_seed(1)  # the block draws one seed, in block order
+    seed = torch.randint(0, 2**63 - 1, (), dtype=torch.int64)
+    mask_of = lambda t: ed.drop_neuron(torch.ones_like(t), 0.4, seed=seed)  # noqa: E731
+    norm_relu = lambda t: F.relu(reference_bn(t))  # noqa: E731
+    conv = block.conv
+    if block_type == 0:
+        y = norm_relu(x)
+        expected = conv(y * mask_of(y))
+    elif block_type == 1:
+        y = conv(norm_relu(x))
+        expected = y * mask_of(y)
+    elif block_type == 2:
+        expected = norm_relu(conv(x * mask_of(x)))
+    else:
+        y = conv(x)
+        expected = norm_relu(y * mask_of(y))
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(block.norm.running_mean, reference_bn.running_mean)
+    torch.testing.assert_close(block.norm.running_var, reference_bn.running_var)
+
+
+def test_fused_and_eager_block_agree_with_gradients():
+    torch.manual_seed(0)
+    fused = ed.ConvBlock(8, 8, 3, block_type=0, drop_rate=0.3, padding=1)
+    eager = ed.ConvBlock(8, 8, 3, block_type=0, drop_rate=0.3, padding=1, fused=False)
+    eager.load_state_dict(fused.state_dict())
+    x = torch.randn(4, 8, 6, 6)
+    grads = []
+    for block in (fused, eager):
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(5)
+        out = block(xi)
+        out.backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        grads.append((out, xi.grad, block.conv.weight.grad, block.norm.weight.grad, block.norm.bias.grad))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_initialization():
+    torch.manual_seed(0)
+    block = ed.ConvBlock(64, 128, 3, bias=True, padding=1)
+    fan_out = 128 * 9
+    std = block.conv.weight.std().item()
+    assert abs(std - (2.0 / fan_out) ** 0.5) < 0.05 * (2.0 / fan_out) ** 0.5  # Kaiming normal, fan_out, ReLU gain
+    assert torch.equal(block.conv.bias, torch.zeros(128))
+    assert torch.equal(block.norm.weight, torch.ones(64)) and torch.equal(block.norm.bias, torch.zeros(64))
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("fused", [True, False])
+def test_batchnorm_module_tracks_running_stats_like_pytorch(momentum, fused):
+    """Without ReLU and dropout the module is nn.BatchNorm2d: same outputs, same running stats."""
+    torch.manual_seed(0)
+    ours = BatchNormActDrop2d(5, momentum=momentum, act=False, fused=fused)
+    theirs = nn.BatchNorm2d(5, momentum=momentum)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-0.5, 0.5)
+    theirs.load_state_dict(ours.state_dict())
+    for step in range(4):
+        x = torch.randn(6, 5, 4, 3) * (step + 1) + step
+        torch.testing.assert_close(ours(x), theirs(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(ours, name), getattr(theirs, name))
+    ours.eval(), theirs.eval()
+    x = torch.randn(2, 5, 4, 3)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_state_dict_loads_both_ways():
+    ours = BatchNormActDrop2d(7, drop_rate=0.2, track_stats=True)
+    ours(torch.randn(4, 7, 3, 3))
+    theirs = nn.BatchNorm2d(7)
+    theirs.load_state_dict(ours.state_dict())  # strict: no extra keys
+    back = BatchNormActDrop2d(7)
+    back.load_state_dict(theirs.state_dict())
+    for key, value in ours.state_dict().items():
+        assert torch.equal(back.state_dict()[key], value)
+    gn = GroupNormActDrop(2, 6)
+    nn.GroupNorm(2, 6).load_state_dict(gn.state_dict())
+    gn.load_state_dict(nn.GroupNorm(2, 6).state_dict())
+
+
+def test_groupnorm_module_matches_pytorch():
+    torch.manual_seed(0)
+    ours = GroupNormActDrop(3, 6, act=False)
+    theirs = nn.GroupNorm(3, 6)
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5), ours.bias.uniform_(-0.5, 0.5)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 5, 5) * 3 + 1
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_set_fused_switches_every_norm():
+    model = nn.Sequential(ed.ConvBlock(4, 4, 3, block_type=0), ed.ConvBlock(4, 4, 3, block_type=2))
+    ed.set_fused(model, False)
+    assert all(not m.fused for m in model.modules() if isinstance(m, (BatchNormActDrop2d, GroupNormActDrop)))
+    assert not model[0].fused
+
+
+def test_block_saves_at_most_half_of_eager_composition():
+    """ConvBlock(block_type=0) keeps the block input and per-channel statistics; the eager
+    BatchNorm2d + ReLU + Dropout2d + Conv2d keeps the norm input, the ReLU output and the conv input."""
+    torch.manual_seed(0)
+    block = ed.ConvBlock(32, 32, 3, block_type=0, drop_rate=0.2, padding=1)
+    eager = nn.Sequential(nn.BatchNorm2d(32), nn.ReLU(), nn.Dropout2d(0.2), nn.Conv2d(32, 32, 3, padding=1, bias=False))
+    x = torch.randn(8, 32, 16, 16, requires_grad=True)
+    ours, theirs = saved_bytes(block, x), saved_bytes(eager, x)
+    assert ours <= 0.5 * theirs, (ours, theirs)
+    assert ours <= x.numel() * x.element_size() + block.conv.weight.numel() * 4 + 1024
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(block_type=4), "block_type"),
+    (dict(block_type=True), "block_type"),
+    (dict(norm="ln"), "norm"),
+    (dict(norm="gn", gn_groups=3), "gn_groups=3"),
+    (dict(drop_type="path"), "drop_type"),
+    (dict(drop_type="layer"), "drop_type"),
+    (dict(drop_type=7), "drop_type"),
+    (dict(drop_rate=1.5), "drop_rate"),
+])
+def test_block_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ed.ConvBlock(8, 16, 3, **kwargs)
+
+
+def test_groupnorm_groups_must_divide_channels():
+    with pytest.raises(ValueError, match="num_groups=4"):
+        GroupNormActDrop(4, 6)
