@@ -1,0 +1,1 @@
+"""Reproducible analyses from the paper."""
