@@ -42,11 +42,19 @@ def timm_drop_path_add(branch, shortcut, p: float) -> torch.Tensor:
     return _timm_modules[p](branch) + shortcut
 
 
+def eager_bn_relu_dropout2d(x, weight, bias, p: float) -> torch.Tensor:
+    """What ``nn.BatchNorm2d`` + ``nn.ReLU`` + ``nn.Dropout2d`` run in training: batch statistics (running
+    statistics left out: a C-element update), affine, ReLU, then channel dropout; three passes over memory."""
+    y = F.batch_norm(x, None, None, weight, bias, training=True)
+    return F.dropout2d(F.relu(y), p, training=True)
+
+
 BASELINES = {
     "drop_neuron": {"F.dropout": lambda x, p: F.dropout(x, p, training=True)},
     "drop_channel": {"F.dropout2d": lambda x, p: F.dropout2d(x, p, training=True)},
     "drop_path": {"cat_ref": drop_path_cat_ref},
     "drop_layer": {"torchvision": stochastic_depth_add, "timm": timm_drop_path_add},
+    "norm_act_drop": {"eager_bn_relu_dropout2d": eager_bn_relu_dropout2d},
 }
 
 

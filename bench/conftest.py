@@ -1,22 +1,33 @@
-"""The benchmark grid, its skips, and the ``measure`` fixture every op benchmark uses.
+"""The benchmark grid, its skips and command-line filters, and the fixtures every benchmark uses.
 
-Tests take ``provider`` (parametrized in their own file) and ``shape``, ``dtype``,
+Op benchmarks take ``provider`` (parametrized in their own file) and ``shape``, ``dtype``,
 ``pass_`` (parametrized here for every test that asks for them), build inputs with
-``make_input`` and hand them to ``measure``, which times the pass and stores in
-``benchmark.extra_info``:
+``make_input`` and hand them to ``measure``. Any other benchmark (a whole training step,
+say) calls ``record`` directly. Both store in ``benchmark.extra_info``:
 
-- op, provider, pass, shape (with layout), dtype, baselines (the op's, first = reference)
-- device, torch / triton / effdrop_triton versions, copy_gbps (CUDA device-to-device
-  copy bandwidth, read + write, measured once per session; None on CPU)
+- op, provider, pass, shape_name, dtype, baselines (the op's, first = reference)
+- environment: device, torch / triton / effdrop_triton / python versions, CUDA runtime
+  and compute capability on CUDA
 - bytes_moved: the traffic an ideal implementation needs, the same for every provider
-  so that GB/s (= bytes_moved / mean, computed by bench.report) compares like with like.
-  Forward = inputs read + output written; backward = output gradient read + input
-  gradients written (drop_layer writes only the branch's: the shortcut's gradient is
-  the output gradient itself); fwdbwd = both. Masks, seeds and RNG state are not
-  counted: what a provider spends on them shows up as lower GB/s.
+  so that GB/s compares like with like. Forward = inputs read + output written;
+  backward = output gradient read + input gradients written (drop_layer writes only the
+  branch's: the shortcut's gradient is the output gradient itself); fwdbwd = both.
+  Masks, seeds and RNG state are not counted: what a provider spends on them shows up
+  as lower GB/s.
+- gbps = bytes_moved / median time; copy_seconds / copy_gbps: the median time of a plain
+  tensor copy that moves the same bytes (reads and writes bytes_moved / 2 each) on the
+  same device, timed the same way in the same run; copy_pct = gbps / copy_gbps
 - saved_bytes: storage kept for backward by one forward (``saved_tensors_hooks``,
   deduplicated by storage, so an input saved by reference counts in full)
-- peak_mem_bytes: ``torch.cuda.max_memory_allocated`` over one timed call; None on CPU
+- peak_mem_bytes: ``torch.cuda.max_memory_allocated`` over one call, and
+  peak_over_inputs_bytes: the part of it above what was allocated before the call.
+  None on CPU, where PyTorch keeps no allocator statistics (peak_mem_note says so).
+- do_bench_ms: on CUDA, ``triton.testing.do_bench`` quantiles (20/50/80 %, L2 flushed
+  between calls, CUDA events) as a cross-check of the synchronized wall-clock timing.
+
+Options (see ``pytest bench --help``): ``--bench-shapes``, ``--bench-dtypes``,
+``--bench-passes`` keep part of the grid; ``--bench-priority`` runs the headline cases
+first; ``--bench-budget`` skips the cases that would start after that many seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +35,8 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import platform
+import statistics
+import time
 
 import pytest
 import torch
@@ -33,19 +46,62 @@ from bench.baselines import BASELINES, PACKAGE
 
 P = 0.1
 SHAPES = {  # name: ((N, C, H, W), channels_last)
-    "small": ((32, 64, 8, 8), False),
-    "cifar": ((128, 160, 32, 32), True),
-    "large": ((64, 256, 64, 64), False),  # 64M elements
+    "small": ((32, 64, 8, 8), False),  # launch-bound
+    "cifar": ((128, 160, 32, 32), True),  # a WRN-16-8 activation on CIFAR
+    "large": ((64, 256, 64, 64), False),  # 64M elements: bandwidth-bound
     "cpu4m": ((16, 64, 64, 64), False),  # 4M elements: the shape of the CPU ratio claims
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PASSES = ("fwd", "bwd", "fwdbwd")
+# --bench-priority order: the headline cases (the README's GPU targets) first, so a run cut
+# short by its budget still has them; pairs not listed run last, in collection order.
+PRIORITY = (("cifar", "bf16"), ("large", "bf16"), ("cifar", "fp32"), ("large", "fp32"), ("small", "bf16"),
+            ("small", "fp32"), ("cifar", "fp16"), ("large", "fp16"), ("small", "fp16"))
+COPY_MIN_SECONDS = 0.05  # time spent on each copy-bandwidth reference (a few ms per size on CPU)
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("effdrop_triton benchmarks")
+    group.addoption("--bench-shapes", help=f"comma-separated subset of {', '.join(SHAPES)}")
+    group.addoption("--bench-dtypes", help=f"comma-separated subset of {', '.join(DTYPES)}")
+    group.addoption("--bench-passes", help=f"comma-separated subset of {', '.join(PASSES)}")
+    group.addoption("--bench-priority", action="store_true", help="run the headline shapes and dtypes first")
+    group.addoption("--bench-budget", type=float, metavar="SECONDS",
+                    help="skip the benchmarks that would start this long after the session began")
+
+
+def _selected(config, option: str, values) -> list:
+    text = config.getoption(option)
+    if not text:
+        return list(values)
+    chosen = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in chosen if v not in values]
+    if unknown:
+        raise pytest.UsageError(f"--{option.replace('_', '-')}: unknown {unknown}, valid: {list(values)}")
+    return chosen
 
 
 def pytest_generate_tests(metafunc):
-    for name, values in (("shape", SHAPES), ("dtype", DTYPES), ("pass_", PASSES)):
+    for name, option, values in (("shape", "bench_shapes", SHAPES), ("dtype", "bench_dtypes", DTYPES),
+                                 ("pass_", "bench_passes", PASSES)):
         if name in metafunc.fixturenames:
-            metafunc.parametrize(name, list(values))
+            metafunc.parametrize(name, _selected(metafunc.config, option, values))
+
+
+def pytest_configure(config):
+    config._bench_started = time.monotonic()
+
+
+def pytest_collection_modifyitems(config, items):
+    if not config.getoption("bench_priority"):
+        return
+
+    def rank(item):
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        key = (params.get("shape"), params.get("dtype"))
+        return PRIORITY.index(key) if key in PRIORITY else len(PRIORITY)
+
+    items.sort(key=rank)  # stable: the providers of one case stay together, in file order
 
 
 def skip_reason(on_cuda: bool, provider, shape, dtype):
@@ -75,6 +131,10 @@ def _skip_unsupported(request, device):
         reason = skip_reason(device.type == "cuda", params.get("provider"), params["shape"], params.get("dtype"))
         if reason:
             pytest.skip(reason)
+    budget = request.config.getoption("bench_budget")
+    if budget is not None and "benchmark" in request.fixturenames:
+        if time.monotonic() - request.config._bench_started > budget:
+            pytest.skip(f"over the --bench-budget of {budget:g} s")
 
 
 def _cpu_name() -> str:
@@ -94,33 +154,116 @@ def _version(dist: str):
 
 
 @pytest.fixture(scope="session")
-def copy_gbps(device):
-    """Device-to-device copy bandwidth in GB/s (bytes read + written), the roofline for these ops."""
-    if device.type != "cuda":
-        return None
-    src = torch.empty(1 << 28, dtype=torch.uint8, device=device)  # 256 MiB: far beyond L2
-    dst = torch.empty_like(src)
-    dst.copy_(src)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    reps = 20
-    start.record()
-    for _ in range(reps):
-        dst.copy_(src)
-    end.record()
-    end.synchronize()
-    seconds = start.elapsed_time(end) / 1e3 / reps
-    return 2 * src.numel() / seconds / 1e9
-
-
-@pytest.fixture(scope="session")
-def environment(device, copy_gbps):
-    return {
+def environment(device):
+    env = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "torch": torch.__version__,
         "triton": _version("triton"),
         "effdrop_triton": effdrop_triton.__version__,
-        "copy_gbps": copy_gbps,
+        "python": platform.python_version(),
     }
+    if device.type == "cuda":
+        env["cuda"] = torch.version.cuda
+        env["capability"] = "sm_%d%d" % torch.cuda.get_device_capability(device)
+    return env
+
+
+def synchronized(fn, device):
+    """On CUDA, wait for the kernels inside the timed function: the wall clock only sees launches otherwise."""
+    if device.type != "cuda":
+        return fn
+
+    def timed():
+        fn()
+        torch.cuda.synchronize(device)
+
+    return timed
+
+
+def _median_seconds(fn, min_seconds: float, min_calls: int = 5) -> float:
+    """Median wall time of ``fn()`` over at least ``min_calls`` calls and ``min_seconds``, after one warm-up."""
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@pytest.fixture(scope="session")
+def copy_seconds(device):
+    """``copy_seconds(nbytes)``: median time of a tensor copy that reads and writes nbytes / 2 each on the
+    benchmark device, timed like the benchmarks (synchronized wall clock); cached per size for the session."""
+    cache = {}
+
+    def measure_copy(nbytes: int) -> float:
+        if nbytes not in cache:
+            src = torch.empty(max(1, nbytes // 2), dtype=torch.uint8, device=device).fill_(1)
+            dst = torch.empty_like(src)
+            cache[nbytes] = _median_seconds(synchronized(lambda: dst.copy_(src), device), COPY_MIN_SECONDS)
+        return cache[nbytes]
+
+    return measure_copy
+
+
+def peak_memory(fn, device):
+    """Warm ``fn`` up (Triton compiles on first call); return the CUDA peak of one more call and its part
+    above what was allocated before it; (None, None) on CPU."""
+    if device.type != "cuda":
+        return None, None
+    fn()
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    before = torch.cuda.memory_allocated(device)
+    fn()
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return peak, peak - before
+
+
+def _do_bench_ms(fn):
+    from triton.testing import do_bench
+
+    return dict(zip(("p20", "p50", "p80"), do_bench(fn, warmup=5, rep=20, quantiles=[0.2, 0.5, 0.8])))
+
+
+@pytest.fixture
+def record(benchmark, environment, device, copy_seconds):
+    """``record(fn, info, bytes_moved=None, images=None)`` times ``fn()`` with pytest-benchmark.
+
+    ``info`` holds the fields the report groups by (op, provider, baselines, shape_name,
+    dtype, pass); ``bytes_moved`` adds GB/s and the copy-bandwidth reference; ``images``
+    (samples per call, for a training step) adds images/s. The environment, peak memory
+    and, on CUDA, do_bench quantiles are added here.
+    """
+
+    def run(fn, info, bytes_moved=None, images=None):
+        benchmark.group = "-".join(str(info.get(k)) for k in ("op", "shape_name", "dtype", "pass"))
+        extra = benchmark.extra_info
+        extra.update(environment)
+        extra.update(info)
+        peak, over_inputs = peak_memory(fn, device)
+        extra.update({"bytes_moved": bytes_moved, "images": images, "peak_mem_bytes": peak,
+                      "peak_over_inputs_bytes": over_inputs})
+        if peak is None:
+            extra["peak_mem_note"] = "n/a on CPU: PyTorch keeps no allocator statistics there"
+        result = benchmark(synchronized(fn, device))
+        if benchmark.stats is None:  # --benchmark-disable: one plain call, nothing timed
+            return result
+        median = benchmark.stats.stats.median
+        extra["median_seconds"] = median
+        if bytes_moved:
+            copy = copy_seconds(bytes_moved)
+            extra.update({"gbps": bytes_moved / median / 1e9, "copy_seconds": copy,
+                          "copy_gbps": bytes_moved / copy / 1e9, "copy_pct": 100.0 * copy / median})
+        if images:
+            extra["images_per_s"] = images / median
+        if device.type == "cuda":
+            extra["do_bench_ms"] = _do_bench_ms(fn)
+        return result
+
+    return run
 
 
 @pytest.fixture
@@ -128,23 +271,26 @@ def make_input(device, shape, dtype):
     """Factory for leaf inputs of the case's shape, dtype and layout that require grad.
 
     ``make_input()`` gives one (N, C, H, W) tensor; ``make_input(split=k)`` gives k
-    separate tensors of C/k channels each (the branches of a multi-path block).
+    separate tensors of C/k channels each (the branches of a multi-path block);
+    ``make_input(channels=c)`` one tensor of c channels (per-channel parameters, say).
     """
     (n, c, h, w), channels_last = SHAPES[shape]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
     torch.manual_seed(0)
 
-    def make(split=None):
+    def make(split=None, channels=None):
         def one(channels):
             x = torch.empty((n, channels, h, w), device=device, dtype=DTYPES[dtype], memory_format=memory_format)
             return x.normal_().requires_grad_()
 
+        if channels is not None:
+            return torch.randn(channels, device=device, dtype=DTYPES[dtype]).requires_grad_()
         return one(c) if split is None else [one(c // split) for _ in range(split)]
 
     return make
 
 
-def _nbytes(tensors) -> int:
+def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -186,61 +332,37 @@ def pass_function(pass_, call, out, leaves):
     return forward_backward
 
 
-def synchronized(fn, device):
-    """On CUDA, wait for the kernels inside the timed function: the wall clock only sees launches otherwise."""
-    if device.type != "cuda":
-        return fn
-
-    def timed():
-        fn()
-        torch.cuda.synchronize(device)
-
-    return timed
-
-
-def peak_memory(fn, device):
-    """Warm ``fn`` up (Triton compiles on first call) and return the CUDA peak of one more call; None on CPU."""
-    if device.type != "cuda":
-        return None
-    fn()
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize(device)
-    return torch.cuda.max_memory_allocated(device)
-
-
 @pytest.fixture
-def measure(benchmark, environment, device, shape, dtype, pass_):
-    """``measure(op, provider, args, grad_written=None)`` times ``op(*args, P)`` for the case's pass.
+def measure(record, shape, dtype, pass_):
+    """``measure(op, provider, args, grad_written=None, *, fn=None, baselines=None, bytes_moved=None)``
+    times ``fn(*args, P)`` for the case's pass.
 
     ``args`` holds tensors or lists of tensors (drop_path's branches); all of them are
-    leaves whose gradients backward writes, unless ``grad_written`` names fewer.
+    leaves whose gradients backward writes, unless ``grad_written`` names fewer. By default
+    ``fn`` is ``effdrop_triton.<op>`` for this package's providers (run under
+    ``use_backend(provider)``) and ``BASELINES[op][provider]`` otherwise, ``baselines`` is
+    ``list(BASELINES[op])``, and ``bytes_moved`` ({"fwd": ..., "bwd": ...}, fwdbwd = their
+    sum unless given) is the inputs + output estimate described at the top of this file.
     """
 
-    def run(op, provider, args, grad_written=None):
-        fn = getattr(effdrop_triton, op) if provider in PACKAGE else BASELINES[op][provider]
+    def run(op, provider, args, grad_written=None, *, fn=None, baselines=None, bytes_moved=None):
+        if fn is None:
+            fn = getattr(effdrop_triton, op) if provider in PACKAGE else BASELINES[op][provider]
         leaves = [t for a in args for t in (a if isinstance(a, (list, tuple)) else [a])]
         grad_written = leaves if grad_written is None else list(grad_written)
-        benchmark.group = f"{op}-{shape}-{dtype}-{pass_}"
         backend = effdrop_triton.use_backend(provider) if provider in PACKAGE else contextlib.nullcontext()
         with backend:  # held while timing: bwd's backend is fixed at forward, fwd/fwdbwd read it per call
             def call():
                 return fn(*args, P)
 
             out, saved_bytes = saved_for_backward(call)
-            fwd_bytes = _nbytes(leaves) + _nbytes([out])
-            bwd_bytes = _nbytes([out]) + _nbytes(grad_written)
-            timed = pass_function(pass_, call, out, leaves)
-            benchmark.extra_info.update(environment)
-            benchmark.extra_info.update({
-                "op": op, "provider": provider, "baselines": list(BASELINES[op]), "pass": pass_,
-                "shape": list(SHAPES[shape][0]), "shape_name": shape, "channels_last": SHAPES[shape][1],
-                "dtype": dtype, "p": P,
-                "bytes_moved": {"fwd": fwd_bytes, "bwd": bwd_bytes, "fwdbwd": fwd_bytes + bwd_bytes}[pass_],
-                "saved_bytes": saved_bytes,
-                "peak_mem_bytes": peak_memory(timed, device),
-            })
-            benchmark(synchronized(timed, device))
+            if bytes_moved is None:
+                bytes_moved = {"fwd": nbytes(leaves) + nbytes([out]), "bwd": nbytes([out]) + nbytes(grad_written)}
+            bytes_moved = {"fwdbwd": bytes_moved["fwd"] + bytes_moved["bwd"], **bytes_moved}
+            info = {"op": op, "provider": provider, "baselines": list(BASELINES.get(op, {}) if baselines is None
+                                                                      else baselines),
+                    "pass": pass_, "shape": list(SHAPES[shape][0]), "shape_name": shape,
+                    "channels_last": SHAPES[shape][1], "dtype": dtype, "p": P, "saved_bytes": saved_bytes}
+            return record(pass_function(pass_, call, out, leaves), info, bytes_moved=bytes_moved[pass_])
 
     return run

@@ -1,57 +1,77 @@
-"""Markdown report of the op benchmarks.
+"""Markdown report and bar chart of the benchmarks: ratios against the baseline of the same run.
 
 Run the benchmarks with a JSON file, then render it::
 
     python -m pytest bench --benchmark-json=results.json
-    python -m bench.report results.json [--out report.md] [--stat median] [--plot speedup.png]
+    python -m bench.report results.json [more.json ...] [--out report.md] [--stat median] [--plot chart.png]
 
-One table per op, one row per (shape, dtype, pass): the mean time of every provider
-(with GB/s = bytes moved / mean, see bench/conftest.py for the estimate), and the
-speed-up of this package's ``torch`` and ``triton`` backends over the op's first
-baseline (baseline mean / provider mean: above 1 the package is faster). Further
-baselines get their own time column. A second table per op lists the bytes one forward
-saves for backward and, on CUDA, the peak memory. The header gives the device, the
-versions and, on CUDA, the device copy bandwidth to read GB/s against.
-``--stat median`` (or min) replaces the mean everywhere: on a shared, noisy machine a
-few preempted rounds can move the mean by several times. ``--plot`` draws the
-speed-ups as bars when matplotlib is importable.
+The report opens with the device, the versions (torch, Triton, effdrop_triton, Python,
+CUDA), the commit and the statistic used, then a headline table (one row per op at its
+headline shape and dtype: speed-ups of forward, backward and forward+backward over the
+op's first baseline, the share of copy bandwidth reached, the bytes saved for backward),
+then one section per op. Each section has a time table, one row per (shape, dtype, pass):
+every provider's time with GB/s (bytes moved / time) and its percentage of the copy
+bandwidth measured with the same bytes in the same run, and the speed-up of this
+package's ``torch`` and ``triton`` backends over the first baseline (baseline time /
+provider time: above 1 the package is faster); and a memory table: bytes one forward
+saves for backward and, on CUDA, the peak allocated during one forward+backward above
+its inputs, with baseline / package ratios.
+
+A group whose records carry ``images`` (a training step, op ``e2e``) shows images/s
+instead of GB/s and its absolute peak memory. ``--plot`` (default: beside ``--out``, same
+name, ``.png``) draws the forward+backward speed-ups and the memory ratios as bars; it
+needs matplotlib (``pip install -e ".[bench]"``) and is skipped with a note otherwise.
+``--headline`` prints only the headline table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
 
 PACKAGE = ("torch", "triton")
 ORDER = {  # display order; values not listed follow, in the order they appear
-    "op": ("drop_neuron", "drop_channel", "drop_path", "drop_layer"),
+    "op": ("drop_neuron", "drop_channel", "drop_path", "drop_layer", "norm_act_drop", "e2e"),
     "shape_name": ("small", "cpu4m", "cifar", "large"),
     "dtype": ("fp32", "bf16", "fp16"),
     "pass": ("fwd", "bwd", "fwdbwd"),
 }
-ENVIRONMENT = ("device", "torch", "triton", "effdrop_triton")
+ENVIRONMENT = ("device", "capability", "torch", "triton", "effdrop_triton", "python", "cuda")
+# (shape, dtype) pairs shown in the headline table, where present: the GPU targets, then the CPU claim
+HEADLINE = (("large", "bf16"), ("cifar", "bf16"), ("cpu4m", "fp32"))
 
 
-def records(data: dict, stat: str = "mean") -> list:
+def records(data: dict, stat: str = "median") -> list:
     """One flat dict per benchmark of a pytest-benchmark JSON document (those written by
     bench/): its extra_info plus ``time``, the statistic ``stat`` of its rounds in seconds."""
-    return [{**b["extra_info"], "time": b["stats"][stat]} for b in data["benchmarks"] if "op" in b.get("extra_info", {})]
+    return [{**b["extra_info"], "time": b["stats"][stat]} for b in data["benchmarks"]
+            if "op" in b.get("extra_info", {}) and b.get("stats")]
 
 
-def load(path: str, stat: str = "mean") -> list:
-    with open(path) as f:
-        return records(json.load(f), stat)
+def load(paths, stat: str = "median") -> tuple:
+    """(records, run metadata) of one or more JSON files: metadata = datetime and commit of each file."""
+    recs, meta = [], []
+    for path in [paths] if isinstance(paths, str) else paths:
+        with open(path) as f:
+            data = json.load(f)
+        recs += records(data, stat)
+        commit = data.get("commit_info") or {}
+        meta.append({"datetime": data.get("datetime"), "commit": commit.get("id"), "dirty": commit.get("dirty")})
+    return recs, meta
+
+
+def _rank(key, value):
+    order = ORDER[key]
+    return order.index(value) if value in order else len(order)
 
 
 def group(recs: list) -> dict:
     """``{op: {(shape, dtype, pass): {provider: record}}}`` in display order (see ORDER)."""
-    def rank(key, value):
-        order = ORDER[key]
-        return order.index(value) if value in order else len(order)
-
     ops = {}
-    for r in sorted(recs, key=lambda r: tuple(rank(k, r[k]) for k in ORDER)):  # stable: ties keep file order
+    for r in sorted(recs, key=lambda r: tuple(_rank(k, r.get(k)) for k in ORDER)):  # stable: ties keep file order
         ops.setdefault(r["op"], {}).setdefault((r["shape_name"], r["dtype"], r["pass"]), {})[r["provider"]] = r
     return ops
 
@@ -68,13 +88,34 @@ def speedup(by_provider: dict, reference, provider):
     return ratio(by_provider[reference]["time"], by_provider[provider]["time"])
 
 
+def memory_ratio(reference: dict, provider: dict, key: str):
+    """How many times less memory ``provider`` needs than ``reference`` for field ``key``; None if unknown."""
+    if reference is None or provider is None or reference.get(key) is None or not provider.get(key):
+        return None
+    return reference[key] / provider[key]
+
+
+def gbps(r: dict):
+    return r["bytes_moved"] / r["time"] / 1e9 if r.get("bytes_moved") else None
+
+
+def copy_pct(r: dict):
+    """Share of the device's copy bandwidth (same bytes, same run) that the provider reached, in %."""
+    return 100.0 * r["copy_seconds"] / r["time"] if r.get("copy_seconds") else None
+
+
 def columns(rows: dict) -> tuple:
     """(baselines, providers) of one op: baselines first, as the benchmarks listed them, then the package."""
     seen = [p for by_provider in rows.values() for p in by_provider]
-    first = next(iter(next(iter(rows.values())).values()))
-    baselines = [b for b in first.get("baselines", []) if b in seen]
+    listed = [b for by_provider in rows.values() for r in by_provider.values() for b in r.get("baselines", [])]
+    baselines = [b for b in dict.fromkeys(listed) if b in seen]
     baselines += [p for p in dict.fromkeys(seen) if p not in PACKAGE and p not in baselines]
     return baselines, baselines + [p for p in PACKAGE if p in seen]
+
+
+def is_throughput(rows: dict) -> bool:
+    """A group timed in samples (a training step) rather than bytes."""
+    return any(r.get("images") for by_provider in rows.values() for r in by_provider.values())
 
 
 def _time(seconds: float) -> str:
@@ -93,63 +134,173 @@ def _bytes(n) -> str:
     return f"{n} B"
 
 
+def _times(x) -> str:
+    if x is None:
+        return "–"
+    if x >= 1000:  # bytes-saved ratios: 16 MiB / 8 B
+        return f"{x:.1e}×".replace("e+0", "e").replace("e+", "e")
+    return f"{x:.0f}×" if x >= 100 else f"{x:.1f}×" if x >= 10 else f"{x:.2f}×"
+
+
+def _rate(r: dict) -> str:
+    if r.get("images"):
+        return f"{r['images'] / r['time']:.4g} img/s"
+    rate, pct = gbps(r), copy_pct(r)
+    if rate is None:
+        return ""
+    return f"{rate:.3g} GB/s" + ("" if pct is None else f", {pct:.0f}%")
+
+
 def _cell(r) -> str:
     if r is None:
         return "–"
-    if r.get("bytes_moved"):
-        return f"{_time(r['time'])} ({r['bytes_moved'] / r['time'] / 1e9:.3g} GB/s)"
-    return _time(r["time"])
-
-
-def _memory_cell(r) -> str:
-    if r is None:
-        return "–"
-    peak = r.get("peak_mem_bytes")
-    return _bytes(r.get("saved_bytes")) + ("" if peak is None else f" / {_bytes(peak)}")
+    rate = _rate(r)
+    return f"{_time(r['time'])} ({rate})" if rate else _time(r["time"])
 
 
 def _table(header: list, body: list) -> list:
     return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(row) + " |" for row in body]
 
 
-def header_lines(recs: list) -> list:
+def _first(key, values):
+    return next((v for v in values if v.get(key) is not None), None) if values else None
+
+
+def header_lines(recs: list, stat: str, meta=()) -> list:
     lines = []
     for key in ENVIRONMENT:
-        values = list(dict.fromkeys(str(r.get(key)) for r in recs))
-        lines.append(f"- {key}: {', '.join(values)}")
-    copy = [r["copy_gbps"] for r in recs if r.get("copy_gbps")]
-    if copy:
-        lines.append(f"- device copy bandwidth: {copy[0]:.4g} GB/s (read + write)")
+        values = list(dict.fromkeys(str(r[key]) for r in recs if r.get(key) is not None))
+        if values:
+            lines.append(f"- {key}: {', '.join(values)}")
+    for m in meta:
+        if m.get("commit") or m.get("datetime"):
+            commit = f"commit {m['commit'][:12]}{' (uncommitted changes)' if m.get('dirty') else ''}" if m.get("commit") else ""
+            lines.append(f"- run: {', '.join(x for x in (m.get('datetime'), commit) if x)}")
+    lines.append(f"- time: the {stat} of each benchmark's rounds; GB/s = bytes moved / time; % = share of the copy"
+                 " bandwidth, measured in the same run by copying the same bytes on the same device")
+    if any(r.get("peak_mem_note") for r in recs):
+        lines.append("- peak memory: n/a on CPU (PyTorch keeps no allocator statistics there)")
     return lines
 
 
-def to_markdown(recs: list, stat: str = "mean") -> str:
-    lines = ["# effdrop_triton benchmarks", "", *header_lines(recs)]
+def _shown_pass(rows: dict, shape, dtype):
+    """The heaviest pass of a (shape, dtype): fwdbwd for ops, the only one for a training step."""
+    passes = [pass_ for (s, d, pass_) in rows if (s, d) == (shape, dtype)]
+    return max(passes, key=lambda p: _rank("pass", p))
+
+
+def headline_rows(recs: list) -> tuple:
+    """(op rows, throughput rows) of the headline table, as lists of cells."""
+    ops, steps = [], []
     for op, rows in group(recs).items():
         baselines, providers = columns(rows)
-        reference = baselines[0] if baselines else None
-        package = [p for p in PACKAGE if p in providers]
-        lines += ["", f"## {op}", ""]
-        if reference:
-            lines += [f"{stat.capitalize()} time (GB/s) per provider; speed-up = {reference} time / provider time"
-                      " (> 1: this package is faster).", ""]
-        body, memory = [], []
-        for (shape, dtype, pass_), by_provider in rows.items():
-            ratios = [speedup(by_provider, reference, p) for p in package] if reference else []
-            body.append([shape, dtype, pass_, *(_cell(by_provider.get(p)) for p in providers),
-                         *("–" if x is None else f"{x:.2f}×" for x in ratios)])
-            if pass_ == "fwd":
-                memory.append([shape, dtype, *(_memory_cell(by_provider.get(p)) for p in providers)])
-        speedups = [f"speed-up {p}" for p in package] if reference else []
-        lines += _table(["shape", "dtype", "pass", *providers, *speedups], body)
-        if memory:
-            lines += ["", "Saved for backward by one forward (/ CUDA peak allocated over one call):", ""]
-            lines += _table(["shape", "dtype", *providers], memory)
+        package = [p for p in ("triton", "torch") if p in providers]  # the GPU path when it ran, else the fallback
+        if not baselines or not package:
+            continue
+        reference, provider = baselines[0], package[0]
+        pairs = list(dict.fromkeys((s, d) for (s, d, _) in rows))
+        shown = [pair for pair in HEADLINE if pair in pairs] or pairs[:1]
+        for shape, dtype in shown:
+            if is_throughput(rows):
+                row = rows[(shape, dtype, _shown_pass(rows, shape, dtype))]
+                mine, theirs = row.get(provider), row.get(reference)
+                steps.append([op, shape, dtype, f"{provider} vs {reference}", _cell(mine),
+                              f"**{_times(speedup(row, reference, provider))}**",
+                              f"{_bytes((mine or {}).get('peak_mem_bytes'))} vs {_bytes((theirs or {}).get('peak_mem_bytes'))}",
+                              _times(memory_ratio(theirs, mine, "peak_mem_bytes"))])
+                continue
+            by_pass = {pass_: rows.get((shape, dtype, pass_), {}) for pass_ in ORDER["pass"]}
+            ups = [_times(speedup(by_pass[pass_], reference, provider)) for pass_ in ORDER["pass"]]
+            last = by_pass["fwdbwd"].get(provider)
+            saved_mine = _first("saved_bytes", [r.get(provider) for r in by_pass.values() if r.get(provider)])
+            saved_theirs = _first("saved_bytes", [r.get(reference) for r in by_pass.values() if r.get(reference)])
+            saved = "–" if saved_mine is None or saved_theirs is None else \
+                f"{_bytes(saved_mine['saved_bytes'])} vs {_bytes(saved_theirs['saved_bytes'])}"
+            ops.append([op, shape, dtype, provider, f"`{reference}`", *ups[:2], f"**{ups[2]}**",
+                        _rate(last) if last else "–", saved])
+    return ops, steps
+
+
+def headline(recs: list) -> list:
+    ops, steps = headline_rows(recs)
+    lines = []
+    if ops:
+        lines += _table(["op", "shape", "dtype", "provider", "baseline", "fwd", "bwd", "fwd+bwd",
+                         "fwd+bwd GB/s, % of copy", "saved for backward (provider vs baseline)"], ops)
+    if steps:
+        lines += [""] if lines else []
+        lines += _table(["benchmark", "model", "dtype", "provider vs baseline", "step (img/s)", "speed-up",
+                         "peak memory", "peak ratio"], steps)
+    return lines
+
+
+def op_section(rows: dict, stat: str) -> list:
+    """Time table and memory table of one op (or training-step group)."""
+    baselines, providers = columns(rows)
+    reference = baselines[0] if baselines else None
+    package = [p for p in PACKAGE if p in providers] if reference else []
+    throughput = is_throughput(rows)
+    lines = []
+    if reference:
+        rate = "images/s" if throughput else "GB/s, % of copy bandwidth"
+        lines += [f"{stat.capitalize()} time ({rate}) per provider; speed-up = {reference} time / provider"
+                  " time (> 1: this package is faster).", ""]
+    body = [[shape, dtype, pass_, *(_cell(by_provider.get(p)) for p in providers),
+             *(_times(speedup(by_provider, reference, p)) for p in package)]
+            for (shape, dtype, pass_), by_provider in rows.items()]
+    lines += _table(["shape", "dtype", "pass", *providers, *(f"speed-up {p}" for p in package)], body)
+
+    # memory: one row per (shape, dtype); saved bytes are the forward's (the same in every pass),
+    # peak is that of the heaviest pass (fwd+bwd; the step), above the inputs for an op
+    peak_key = "peak_mem_bytes" if throughput else "peak_over_inputs_bytes"
+    has_peak = any(r.get(peak_key) is not None for by_provider in rows.values() for r in by_provider.values())
+    if throughput and not has_peak:
+        return lines
+    memory = []
+    for shape, dtype in dict.fromkeys((s, d) for (s, d, _) in rows):
+        heaviest = rows[(shape, dtype, _shown_pass(rows, shape, dtype))]
+        same = [by_provider for (s, d, _), by_provider in rows.items() if (s, d) == (shape, dtype)]
+        saved = {p: _first("saved_bytes", [r[p] for r in same if p in r]) for p in providers}
+        cells = []
+        for p in providers:
+            parts = [] if throughput else [_bytes((saved[p] or {}).get("saved_bytes"))]
+            if has_peak:
+                parts.append(_bytes((heaviest.get(p) or {}).get(peak_key)))
+            cells.append(" / ".join(parts))
+        ratios = [] if throughput else [_times(memory_ratio(saved.get(reference), saved[p], "saved_bytes"))
+                                        for p in package]
+        if has_peak:
+            ratios += [_times(memory_ratio(heaviest.get(reference), heaviest.get(p), peak_key)) for p in package]
+        memory.append([shape, dtype, *cells, *ratios])
+    names = ([] if throughput else [f"saved {p}" for p in package]) + ([f"peak {p}" for p in package] if has_peak else [])
+    if throughput:
+        title = "Peak memory allocated during one step; peak ratio = baseline / provider (> 1: this package needs less):"
+    else:
+        title = ("Saved for backward by one forward" + (" / peak allocated during one fwd+bwd above its inputs"
+                                                       if has_peak else "")
+                 + "; ratios = baseline / provider (> 1: this package keeps less):")
+    lines += ["", title, "", *_table(["shape", "dtype", *providers, *names], memory)]
+    return lines
+
+
+def to_markdown(recs: list, stat: str = "median", meta=(), chart=None) -> str:
+    """The report. ``chart``: the image path to link (relative to the markdown), or a note why there is none."""
+    lines = ["# effdrop_triton benchmarks", "", *header_lines(recs, stat, meta)]
+    top = headline(recs)
+    if top:
+        lines += ["", "## Headline", "",
+                  "Speed-up = baseline time / provider time (> 1: this package is faster), same run, same device.", "",
+                  *top]
+    if chart:
+        lines += ["", f"![speed-ups and memory ratios]({chart})" if chart.endswith(".png") else chart]
+    for op, rows in group(recs).items():
+        lines += ["", f"## {op}", "", *op_section(rows, stat)]
     return "\n".join(lines) + "\n"
 
 
 def plot(recs: list, path: str) -> bool:
-    """Bar chart of the package's speed-ups over each op's first baseline; False when matplotlib is missing."""
+    """Bars of the package's forward+backward (or training step) speed-ups over each op's first baseline, and of
+    its memory ratios (saved for backward; peak on CUDA); False when matplotlib is missing."""
     try:
         import matplotlib
 
@@ -157,48 +308,86 @@ def plot(recs: list, path: str) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    labels, bars = [], {p: [] for p in PACKAGE}
+    speed = {p: {} for p in PACKAGE}
+    memory = {}
     for op, rows in group(recs).items():
-        baselines, _ = columns(rows)
+        baselines, providers = columns(rows)
         if not baselines:
             continue
-        for (shape, dtype, pass_), by_provider in rows.items():
-            labels.append(f"{op} {shape} {dtype} {pass_}")
+        reference = baselines[0]
+        throughput = is_throughput(rows)
+        for shape, dtype in dict.fromkeys((s, d) for (s, d, _) in rows):
+            row = rows[(shape, dtype, _shown_pass(rows, shape, dtype))]
+            label = f"{op}\n{shape} {dtype}"
             for p in PACKAGE:
-                bars[p].append(speedup(by_provider, baselines[0], p) or 0.0)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(labels)), 4.5))
-    width = 0.4
-    for i, p in enumerate(PACKAGE):
-        if any(bars[p]):  # e.g. no triton bars on CPU
-            ax.bar([x + (i - 0.5) * width for x in range(len(labels))], bars[p], width, label=p)
-    ax.axhline(1.0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(labels)), labels, rotation=90, fontsize=7)
-    ax.set_ylabel("speed-up over first baseline")
-    ax.legend()
+                if p in row:
+                    speed[p][label] = speedup(row, reference, p)
+                    for key, name in (("saved_bytes", "saved for backward"), ("peak_mem_bytes" if throughput else
+                                                                             "peak_over_inputs_bytes", "peak")):
+                        x = memory_ratio(row.get(reference), row[p], key)
+                        if x is not None:
+                            memory.setdefault(f"{p}: {name}", {})[label] = x
+    labels = list(dict.fromkeys(label for bars in speed.values() for label in bars))
+    if not labels:
+        return False
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.55 * len(labels) + 2), 8.5))
+    for ax, series, title in ((axes[0], {p: b for p, b in speed.items() if b}, "speed-up (fwd+bwd or step)"),
+                              (axes[1], memory, "memory ratio (baseline / provider)")):
+        width = 0.8 / max(1, len(series))
+        for i, (name, bars) in enumerate(series.items()):
+            xs = [x + (i - (len(series) - 1) / 2) * width for x, label in enumerate(labels) if label in bars]
+            ys = [bars[label] for label in labels if label in bars]
+            ax.bar_label(ax.bar(xs, ys, width, label=name), labels=[_times(y) for y in ys], fontsize=6)
+        ax.axhline(1.0, color="black", linewidth=0.8)
+        values = [v for bars in series.values() for v in bars.values() if v]
+        if values and (max(values) / min(values) > 20):
+            ax.set_yscale("log")  # bytes-saved ratios span orders of magnitude
+        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_ylabel(title)
+        ax.grid(axis="y", alpha=0.3)
+        if series:
+            ax.legend(fontsize=8)
+    devices = ", ".join(dict.fromkeys(str(r.get("device")) for r in recs))
+    axes[0].set_title(f"effdrop_triton vs baseline, same run: {devices}", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", help="pytest-benchmark JSON (--benchmark-json)")
+    parser.add_argument("results", nargs="+", help="pytest-benchmark JSON (--benchmark-json); several are merged")
     parser.add_argument("--out", help="write the markdown here instead of stdout")
-    parser.add_argument("--stat", default="mean", choices=("mean", "median", "min"), help="time statistic (default mean)")
-    parser.add_argument("--plot", help="also draw the speed-ups to this image (needs matplotlib)")
+    parser.add_argument("--stat", default="median", choices=("median", "mean", "min"),
+                        help="time statistic (default median: a few preempted rounds move the mean on a shared machine)")
+    parser.add_argument("--plot", help="bar chart path (default: --out with .png; needs matplotlib)")
+    parser.add_argument("--no-plot", action="store_true", help="draw no chart")
+    parser.add_argument("--headline", action="store_true", help="print only the headline table to stdout")
     args = parser.parse_args(argv)
-    recs = load(args.results, args.stat)
+    recs, meta = load(args.results, args.stat)
     if not recs:
-        sys.exit(f"{args.results}: no effdrop_triton benchmarks (was it written with --benchmark-json?)")
-    text = to_markdown(recs, args.stat)
+        sys.exit(f"{', '.join(args.results)}: no timed effdrop_triton benchmarks "
+                 "(written with --benchmark-json, and not with --benchmark-disable?)")
+    if args.headline:
+        print("\n".join(headline(recs)))
+        return
+    chart_path = None if args.no_plot else args.plot or (os.path.splitext(args.out)[0] + ".png" if args.out else None)
+    chart = None
+    if chart_path:
+        if plot(recs, chart_path):
+            where = os.path.dirname(os.path.abspath(args.out)) if args.out else os.getcwd()
+            chart = os.path.relpath(os.path.abspath(chart_path), where)
+            print(f"chart written: {chart_path}", file=sys.stderr)
+        else:
+            chart = "Chart skipped: matplotlib is not installed (`pip install matplotlib`, or the `bench` extra)."
+            print(chart, file=sys.stderr)
+    text = to_markdown(recs, args.stat, meta, chart)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)
     else:
         print(text, end="")
-    if args.plot and not plot(recs, args.plot):
-        print("matplotlib is not installed: no plot drawn", file=sys.stderr)
 
 
 if __name__ == "__main__":
