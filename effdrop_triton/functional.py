@@ -119,3 +119,184 @@ def drop_layer(branch: Tensor, shortcut: Tensor, p: float, training: bool = True
     if not training or p == 0.0:
         return shortcut + branch
     return torch.ops.effdrop.drop_layer(branch, shortcut, resolve_seed(seed, branch.device), p, per_sample, use_triton(branch))
+
+
+# --- fused norm -> affine -> ReLU -> dropout (the prologue of the norm-ReLU-drop-conv block) ---
+
+_NORMS = ("bn", "gn")
+_INNER_DROP_TYPES = {"neuron": 1, "channel": 2, 0: 1, 1: 2}  # -> ops.norm_act_drop.DROP_NEURON / DROP_CHANNEL
+
+
+def _check_param(t, name: str, x: Tensor) -> None:
+    if t is None:
+        return
+    check_float_tensor(t, name)
+    if t.shape != (x.shape[1],):
+        raise ValueError(f"{name} must have shape ({x.shape[1]},) (the channels of x), got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+
+
+def _check_real(value, name: str, minimum: Optional[float] = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if value != value or (minimum is not None and value < minimum):
+        raise ValueError(f"{name} must be a number >= {minimum}, got {value}")
+    return value
+
+
+def _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training, use_batch_stats,
+                        momentum, eps, act, drop_type, p, seed, input_stats) -> dict:
+    """Validate ``norm_act_drop``'s arguments; returns the resolved settings."""
+    check_float_tensor(x, "x")
+    if x.dim() < 2:
+        raise ValueError(f"norm_act_drop needs an (N, C, *) tensor with at least 2 dims, got shape {tuple(x.shape)}")
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    if isinstance(drop_type, bool) or drop_type not in _INNER_DROP_TYPES:
+        raise ValueError(f"drop_type must be one of ('neuron', 'channel', 0, 1), got {drop_type!r}")
+    for name, flag in (("training", training), ("act", act), ("input_stats", input_stats)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+    if use_batch_stats is not None and not isinstance(use_batch_stats, bool):
+        raise TypeError(f"use_batch_stats must be None or a bool, got {type(use_batch_stats).__name__} {use_batch_stats!r}")
+    _check_param(weight, "weight", x)
+    _check_param(bias, "bias", x)
+    _check_param(running_mean, "running_mean", x)
+    _check_param(running_var, "running_var", x)
+    p = check_p(p)
+    check_seed(seed)
+    eps = _check_real(eps, "eps", 0.0)
+    momentum = _check_real(momentum, "momentum")
+    C = x.shape[1]
+    if norm == "gn":
+        if running_mean is not None or running_var is not None:
+            raise ValueError("norm='gn' keeps no running statistics: pass running_mean=None and running_var=None")
+        if use_batch_stats is False:
+            raise ValueError("norm='gn' always normalizes with the statistics of each sample; use_batch_stats=False is BatchNorm only")
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or C % num_groups:
+            raise ValueError(f"num_groups must be a positive int dividing the {C} channels of x, got {num_groups!r}")
+        groups, batch_stats = num_groups, True
+    else:
+        if num_groups is not None:
+            raise ValueError(f"num_groups={num_groups!r} applies to norm='gn' only")
+        if (running_mean is None) != (running_var is None):
+            raise ValueError("running_mean and running_var must be given together (or both None)")
+        groups = 0
+        batch_stats = use_batch_stats if use_batch_stats is not None else (training or running_mean is None)
+        if not batch_stats and running_mean is None:
+            raise ValueError("normalizing with running statistics (use_batch_stats=False) needs running_mean and running_var")
+        count = x.numel() // C if C else 0
+        if batch_stats and count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    drop = _INNER_DROP_TYPES[drop_type] if training and p > 0.0 else 0
+    return dict(groups=groups, batch_stats=batch_stats, eps=eps, momentum=momentum, p=p, drop=drop)
+
+
+def _norm_act_drop_stats(x, running_mean, running_var, a: dict, input_stats: bool, triton: bool):
+    """The statistics the apply pass normalizes with, plus the per-channel input statistics when asked.
+    BatchNorm with batch statistics updates the running ones in place, as ``F.batch_norm`` does."""
+    channel_stats = None
+    if a["batch_stats"] or input_stats:
+        need_channel = input_stats or a["groups"] == 0
+        group_mean, group_var, mean_c, var_c = torch.ops.effdrop.norm_stats(x.detach(), a["groups"], need_channel, triton)
+        if input_stats:
+            channel_stats = (mean_c, var_c)
+    if a["groups"]:
+        return group_mean, group_var, channel_stats
+    if not a["batch_stats"]:  # a copy: later in-place updates of the buffers must not change this call's backward
+        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+        return (running_mean.detach().to(dtype, copy=True), running_var.detach().to(dtype, copy=True),
+                channel_stats)
+    if running_mean is not None:
+        count = x.numel() // x.shape[1]
+        momentum = a["momentum"]
+        with torch.no_grad():  # exponential average with the unbiased variance, as F.batch_norm
+            running_mean.mul_(1.0 - momentum).add_(mean_c.to(running_mean.dtype), alpha=momentum)
+            running_var.mul_(1.0 - momentum).add_((var_c * (count / (count - 1))).to(running_var.dtype), alpha=momentum)
+    return mean_c, var_c, channel_stats
+
+
+def norm_act_drop(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                  running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None, *, norm: str = "bn",
+                  num_groups: Optional[int] = None, training: bool = True, use_batch_stats: Optional[bool] = None,
+                  momentum: float = 0.1, eps: float = 1e-5, act: bool = True, drop_type: Union[str, int] = "channel",
+                  p: float = 0.0, seed: Seed = None, input_stats: bool = False):
+    """norm -> affine -> ReLU (``act``) -> drop-neuron / drop-channel (``drop_type`` "neuron"/"channel" or 0/1), fused.
+
+    ``norm="bn"`` (BatchNorm) or ``"gn"`` (GroupNorm with ``num_groups``). ``training``: dropout is
+    active (and, for BatchNorm, batch statistics are the default). ``use_batch_stats`` (BatchNorm
+    only): None -> ``training`` or running statistics absent, as ``nn.BatchNorm2d``. BatchNorm with
+    batch statistics and running statistics given updates ``running_mean``/``running_var`` in place
+    like ``F.batch_norm`` (``momentum`` is the exponential factor; the variance is unbiased).
+    The dropout mask is the one ``drop_neuron`` / ``drop_channel`` draws for the same seed and shape.
+
+    Backward keeps ``x`` and the per-channel statistics (nothing else per element) and recomputes
+    the masks. ``input_stats=True`` returns ``(y, (mean_c, var_c))``: the per-channel fp32 mean and
+    biased variance of ``x`` over ``(N, *spatial)``, detached, from the same statistics pass.
+    """
+    a = _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training, use_batch_stats,
+                            momentum, eps, act, drop_type, p, seed, input_stats)
+    triton = use_triton(x)
+    mean, var, channel_stats = _norm_act_drop_stats(x, running_mean, running_var, a, input_stats, triton)
+    seed_tensor = resolve_seed(seed, x.device) if a["drop"] else None
+    y = torch.ops.effdrop.norm_act_drop(x, weight, bias, mean, var, seed_tensor, a["groups"], a["batch_stats"],
+                                        a["eps"], act, a["drop"], a["p"], triton)
+    return (y, channel_stats) if input_stats else y
+
+
+def _pair(value, name: str) -> list:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return [value, value]
+    if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        return list(value)
+    raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+
+
+def _conv_padding(padding, conv_weight: Tensor, dilation: list) -> list:
+    """Padding as a pair of ints; "valid" is 0, "same" the symmetric padding when one exists."""
+    if padding == "valid":
+        return [0, 0]
+    if padding == "same":
+        total = [d * (k - 1) for d, k in zip(dilation, conv_weight.shape[2:])]
+        if any(t % 2 for t in total):
+            raise ValueError("padding='same' with an even effective kernel size needs asymmetric padding, "
+                             "which norm_act_drop_conv2d does not support; pass explicit padding")
+        return [t // 2 for t in total]
+    return _pair(padding, "padding")
+
+
+def norm_act_drop_conv2d(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                         running_var: Optional[Tensor], conv_weight: Tensor, conv_bias: Optional[Tensor] = None,
+                         stride=1, padding=0, dilation=1, groups: int = 1, *, norm: str = "bn",
+                         num_groups: Optional[int] = None, training: bool = True,
+                         use_batch_stats: Optional[bool] = None, momentum: float = 0.1, eps: float = 1e-5,
+                         act: bool = True, drop_type: Union[str, int] = "channel", p: float = 0.0, seed: Seed = None,
+                         input_stats: bool = False):
+    """``conv2d(norm_act_drop(x, ...), conv_weight, conv_bias, stride, padding, dilation, groups)`` whose
+    backward recomputes the convolution's input from ``x``: it saves ``x``, the statistics, the seed
+    and the parameters, never the convolution's input. Keyword arguments as ``norm_act_drop``."""
+    a = _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training, use_batch_stats,
+                            momentum, eps, act, drop_type, p, seed, input_stats)
+    check_float_tensor(conv_weight, "conv_weight")
+    if x.dim() != 4 or conv_weight.dim() != 4:
+        raise ValueError(f"norm_act_drop_conv2d needs 4-d x and conv_weight, got shapes {tuple(x.shape)} and {tuple(conv_weight.shape)}")
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1 or x.shape[1] % groups or conv_weight.shape[0] % groups:
+        raise ValueError(f"groups must be a positive int dividing in and out channels, got {groups!r}")
+    if conv_weight.shape[1] * groups != x.shape[1]:
+        raise ValueError(f"conv_weight of shape {tuple(conv_weight.shape)} with groups={groups} expects "
+                         f"{conv_weight.shape[1] * groups} input channels, x has {x.shape[1]}")
+    if conv_bias is not None:
+        check_float_tensor(conv_bias, "conv_bias")
+        if conv_bias.shape != (conv_weight.shape[0],):
+            raise ValueError(f"conv_bias must have shape ({conv_weight.shape[0]},), got {tuple(conv_bias.shape)}")
+    stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
+    padding = _conv_padding(padding, conv_weight, dilation)
+    triton = use_triton(x)
+    mean, var, channel_stats = _norm_act_drop_stats(x, running_mean, running_var, a, input_stats, triton)
+    seed_tensor = resolve_seed(seed, x.device) if a["drop"] else None
+    out = torch.ops.effdrop.norm_act_drop_conv2d(x, weight, bias, mean, var, seed_tensor, conv_weight, conv_bias,
+                                                 stride, padding, dilation, groups, a["groups"], a["batch_stats"],
+                                                 a["eps"], act, a["drop"], a["p"], triton)
+    return (out, channel_stats) if input_stats else out

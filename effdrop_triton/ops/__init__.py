@@ -6,3 +6,4 @@ from the seed; nothing per element is saved for backward.
 """
 
 from . import drop_channel, drop_layer, drop_neuron, drop_path  # noqa: F401  (registers the ops)
+from . import norm_act_drop, norm_act_drop_conv, norm_stats  # noqa: F401

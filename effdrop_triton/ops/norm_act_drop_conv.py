@@ -1,0 +1,63 @@
+"""``conv2d(norm_act_drop(x))`` as one custom op whose backward recomputes the convolution's input.
+
+Eager PyTorch keeps the norm's input, the ReLU output, the dropout mask and the dropout
+output (the convolution's input) for backward. This op keeps the block input, the
+statistics, the affine and convolution parameters and the seed; backward runs the fused
+apply pass once more to rebuild the convolution's input (as in-place activated BatchNorm
+does), then the convolution's backward, then ``norm_act_drop``'s backward.
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._layout import empty_dense_like
+from .norm_act_drop import norm_act_drop_apply, norm_act_drop_backward_op
+
+
+@torch.library.custom_op("effdrop::norm_act_drop_conv2d", mutates_args=())
+def norm_act_drop_conv2d_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, var: Tensor,
+                            seed: Optional[Tensor], conv_weight: Tensor, conv_bias: Optional[Tensor],
+                            stride: List[int], padding: List[int], dilation: List[int], groups: int,
+                            num_groups: int, batch_stats: bool, eps: float, act: bool, drop: int, p: float,
+                            use_triton: bool) -> Tensor:
+    """``conv2d(norm_act_drop(x, ...), conv_weight, conv_bias, ...)``; the arguments after ``groups`` are
+    those of ``effdrop::norm_act_drop``."""
+    y = norm_act_drop_apply(x, weight, bias, mean, var, seed, num_groups, eps, act, drop, p, use_triton)
+    return F.conv2d(y, conv_weight, conv_bias, stride, padding, dilation, groups)
+
+
+@norm_act_drop_conv2d_op.register_fake
+def _(x, weight, bias, mean, var, seed, conv_weight, conv_bias, stride, padding, dilation, groups, *args):
+    return F.conv2d(empty_dense_like(x), conv_weight, conv_bias, stride, padding, dilation, groups)
+
+
+def _setup(ctx, inputs, output):
+    x, weight, bias, mean, var, seed, conv_weight, conv_bias = inputs[:8]
+    ctx.conv_args = inputs[8:12]
+    ctx.norm_args = inputs[12:]
+    ctx.has_conv_bias = conv_bias is not None
+    # never the convolution's input: backward rebuilds it from x
+    ctx.save_for_backward(x, weight, bias, mean, var, seed, conv_weight)
+
+
+def _backward(ctx, grad_out):
+    x, weight, bias, mean, var, seed, conv_weight = ctx.saved_tensors
+    stride, padding, dilation, groups = ctx.conv_args
+    num_groups, batch_stats, eps, act, drop, p, use_triton = ctx.norm_args
+    y = norm_act_drop_apply(x, weight, bias, mean, var, seed, num_groups, eps, act, drop, p, use_triton)
+    bias_sizes = [conv_weight.shape[0]] if ctx.has_conv_bias else None
+    grad_y, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
+        grad_out, y, conv_weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups,
+        [True, ctx.needs_input_grad[6], ctx.has_conv_bias and ctx.needs_input_grad[7]])
+    del y
+    dx, dweight, dbias = norm_act_drop_backward_op(grad_y, x, weight, bias, mean, var, seed, *ctx.norm_args)
+    return (dx, dweight if weight is not None else None, dbias if bias is not None else None, None, None, None,
+            grad_conv_weight, grad_conv_bias) + (None,) * 11
+
+
+norm_act_drop_conv2d_op.register_autograd(_backward, setup_context=_setup)
