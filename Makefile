@@ -42,16 +42,20 @@ test-triton-old: $(VENV)/triton-old/.installed
 	TRITON_INTERPRET=1 PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest $(INTERPRET_TESTS) -q -p no:cacheprovider
 	PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest tests/test_kernels_compile.py -q -p no:cacheprovider
 
-# the benchmark suites in a reduced form (no timing), so they cannot rot
+# the benchmark suites in a reduced form (smallest shape, no timing) so they cannot rot, the report
+# tests, and bench/gpu_check.sh --dry-run end to end
 test-bench: install
-	$(PY) -m pytest bench -q --benchmark-disable
+	$(PY) -m pytest bench -q --benchmark-disable --bench-shapes=small
 
-# CPU benchmark run: ratios against the PyTorch baselines, written to bench/results/.
+# CPU benchmark run: the CPU-meaningful part (the fallback against the PyTorch baselines, fp32, the
+# small and the 4M-element shape), as ratios, written to bench/results/ (JSON, markdown, chart).
 # glibc's mmap threshold is pinned so that every provider reuses heap memory: with the default,
 # 16 MiB outputs are mmapped afresh on some calls and first-touch page faults swamp the timings.
 BENCH_OUT := bench/results/cpu-$(shell date +%Y-%m-%d)
 bench: install
 	mkdir -p bench/results
 	MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000 \
-		$(PY) -m pytest bench -q --benchmark-min-rounds=30 --benchmark-max-time=1 --benchmark-json=$(BENCH_OUT).json
-	$(PY) -m bench.report $(BENCH_OUT).json --stat median --out $(BENCH_OUT).md
+		$(PY) -m pytest bench/test_bench_*.py -q --bench-shapes=small,cpu4m --bench-dtypes=fp32 \
+		--benchmark-min-rounds=30 --benchmark-max-time=1 --benchmark-columns=median,iqr,rounds \
+		--benchmark-json=$(BENCH_OUT).json
+	$(PY) -m bench.report $(BENCH_OUT).json --stat median --out $(BENCH_OUT).md --plot $(BENCH_OUT).png
