@@ -138,7 +138,6 @@ def norm_act_drop_backward_triton(grad: Tensor, x: Tensor, tables: Tables, seed:
     sum_dz, sum_dz_xhat = norm_act_drop_bwd_sums_triton(grad, x, tables, seed, p, act, drop)  # (N, C) each
     dbias, dweight = sum_dz.sum(0), sum_dz_xhat.sum(0)
     k1 = tables.scale  # d(affine output) / d(x) at fixed statistics: weight * invstd
-    coupled = batch_stats
     if num_groups:  # GroupNorm: means over each (sample, group) of weight * dz and weight * dz * xhat
         count = (C // num_groups) * (x.numel() // (N * C))
         w = tables.weight if tables.weight is not None else torch.ones_like(sum_dz[:1])
@@ -148,10 +147,9 @@ def norm_act_drop_backward_triton(grad: Tensor, x: Tensor, tables: Tables, seed:
     elif batch_stats:  # BatchNorm with batch statistics: means over (N, *spatial)
         count = x.numel() // C
         k2, k3 = -k1 * (dweight / count), -k1 * (dbias / count)
-    else:
+    else:  # running statistics: dx = k1 * dz
         k2 = k3 = None
-    dx = norm_act_drop_bwd_dx_triton(grad, x, tables, k1, k2 if coupled else None, k3 if coupled else None,
-                                     seed, p, act, drop)
+    dx = norm_act_drop_bwd_dx_triton(grad, x, tables, k2, k3, seed, p, act, drop)
     return dx, dweight, dbias
 
 
