@@ -51,10 +51,13 @@ test-bench: install
 # small and the 4M-element shape), as ratios, written to bench/results/ (JSON, markdown, chart).
 # glibc's mmap threshold is pinned so that every provider reuses heap memory: with the default,
 # 16 MiB outputs are mmapped afresh on some calls and first-touch page faults swamp the timings.
+# One intra-op thread by default: on a small shared machine a preempted worker thread stalls every
+# parallel op by a scheduler tick, which swamps the timings too (BENCH_THREADS=2 to use two).
+BENCH_THREADS ?= 1
 BENCH_OUT := bench/results/cpu-$(shell date +%Y-%m-%d)
 bench: install
 	mkdir -p bench/results
-	MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000 \
+	MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000 OMP_NUM_THREADS=$(BENCH_THREADS) \
 		$(PY) -m pytest bench/test_bench_*.py -q --bench-shapes=small,cpu4m --bench-dtypes=fp32 \
 		--benchmark-min-rounds=30 --benchmark-max-time=1 --benchmark-columns=median,iqr,rounds \
 		--benchmark-json=$(BENCH_OUT).json

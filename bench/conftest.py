@@ -14,9 +14,10 @@ say) calls ``record`` directly. Both store in ``benchmark.extra_info``:
   branch's: the shortcut's gradient is the output gradient itself); fwdbwd = both.
   Masks, seeds and RNG state are not counted: what a provider spends on them shows up
   as lower GB/s.
-- gbps = bytes_moved / median time; copy_seconds / copy_gbps: the median time of a plain
-  tensor copy that moves the same bytes (reads and writes bytes_moved / 2 each) on the
-  same device, timed the same way in the same run; copy_pct = gbps / copy_gbps
+- gbps = bytes_moved / median time; copy_gbps: the bandwidth (bytes read + written / median
+  time) of a plain ``dst.copy_(src)`` of a tensor the size of the op's output (copy_bytes),
+  on the same device, timed the same way in the same run: the roofline of one pass over
+  such a tensor, with the same cache behaviour; copy_pct = 100 * gbps / copy_gbps
 - saved_bytes: storage kept for backward by one forward (``saved_tensors_hooks``,
   deduplicated by storage, so an input saved by reference counts in full)
 - peak_mem_bytes: ``torch.cuda.max_memory_allocated`` over one call, and
@@ -57,7 +58,7 @@ PASSES = ("fwd", "bwd", "fwdbwd")
 # short by its budget still has them; pairs not listed run last, in collection order.
 PRIORITY = (("cifar", "bf16"), ("large", "bf16"), ("cifar", "fp32"), ("large", "fp32"), ("small", "bf16"),
             ("small", "fp32"), ("cifar", "fp16"), ("large", "fp16"), ("small", "fp16"))
-COPY_MIN_SECONDS = 0.05  # time spent on each copy-bandwidth reference (a few ms per size on CPU)
+COPY_MIN_SECONDS = 0.05  # time spent on each copy-bandwidth reference, per tensor size
 
 
 def pytest_addoption(parser):
@@ -143,7 +144,8 @@ def _cpu_name() -> str:
             model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), None)
     except OSError:
         model = None
-    return f"cpu: {model or platform.machine()}, {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"cpu: {model or platform.machine()}, {threads} thread{'s' if threads != 1 else ''}"
 
 
 def _version(dist: str):
@@ -180,7 +182,7 @@ def synchronized(fn, device):
     return timed
 
 
-def _median_seconds(fn, min_seconds: float, min_calls: int = 5) -> float:
+def _median_seconds(fn, min_seconds: float, min_calls: int = 15) -> float:
     """Median wall time of ``fn()`` over at least ``min_calls`` calls and ``min_seconds``, after one warm-up."""
     fn()
     times, start = [], time.perf_counter()
@@ -192,16 +194,17 @@ def _median_seconds(fn, min_seconds: float, min_calls: int = 5) -> float:
 
 
 @pytest.fixture(scope="session")
-def copy_seconds(device):
-    """``copy_seconds(nbytes)``: median time of a tensor copy that reads and writes nbytes / 2 each on the
-    benchmark device, timed like the benchmarks (synchronized wall clock); cached per size for the session."""
+def copy_gbps(device):
+    """``copy_gbps(nbytes)``: bandwidth in GB/s (bytes read + written) of copying an nbytes tensor on the
+    benchmark device, median of calls timed like the benchmarks (synchronized wall clock); cached per size."""
     cache = {}
 
     def measure_copy(nbytes: int) -> float:
         if nbytes not in cache:
-            src = torch.empty(max(1, nbytes // 2), dtype=torch.uint8, device=device).fill_(1)
+            src = torch.empty(max(1, nbytes), dtype=torch.uint8, device=device).fill_(1)
             dst = torch.empty_like(src)
-            cache[nbytes] = _median_seconds(synchronized(lambda: dst.copy_(src), device), COPY_MIN_SECONDS)
+            seconds = _median_seconds(synchronized(lambda: dst.copy_(src), device), COPY_MIN_SECONDS)
+            cache[nbytes] = 2 * src.numel() / seconds / 1e9
         return cache[nbytes]
 
     return measure_copy
@@ -229,16 +232,17 @@ def _do_bench_ms(fn):
 
 
 @pytest.fixture
-def record(benchmark, environment, device, copy_seconds):
-    """``record(fn, info, bytes_moved=None, images=None)`` times ``fn()`` with pytest-benchmark.
+def record(benchmark, environment, device, copy_gbps):
+    """``record(fn, info, bytes_moved=None, copy_bytes=None, images=None)`` times ``fn()`` with pytest-benchmark.
 
     ``info`` holds the fields the report groups by (op, provider, baselines, shape_name,
-    dtype, pass); ``bytes_moved`` adds GB/s and the copy-bandwidth reference; ``images``
+    dtype, pass); ``bytes_moved`` adds GB/s, ``copy_bytes`` (the size of the op's output)
+    the copy-bandwidth reference and the share of it reached; ``images``
     (samples per call, for a training step) adds images/s. The environment, peak memory
     and, on CUDA, do_bench quantiles are added here.
     """
 
-    def run(fn, info, bytes_moved=None, images=None):
+    def run(fn, info, bytes_moved=None, copy_bytes=None, images=None):
         benchmark.group = "-".join(str(info.get(k)) for k in ("op", "shape_name", "dtype", "pass"))
         extra = benchmark.extra_info
         extra.update(environment)
@@ -254,9 +258,10 @@ def record(benchmark, environment, device, copy_seconds):
         median = benchmark.stats.stats.median
         extra["median_seconds"] = median
         if bytes_moved:
-            copy = copy_seconds(bytes_moved)
-            extra.update({"gbps": bytes_moved / median / 1e9, "copy_seconds": copy,
-                          "copy_gbps": bytes_moved / copy / 1e9, "copy_pct": 100.0 * copy / median})
+            extra["gbps"] = bytes_moved / median / 1e9
+            if copy_bytes:
+                roof = copy_gbps(copy_bytes)
+                extra.update({"copy_bytes": copy_bytes, "copy_gbps": roof, "copy_pct": 100.0 * extra["gbps"] / roof})
         if images:
             extra["images_per_s"] = images / median
         if device.type == "cuda":
@@ -363,6 +368,7 @@ def measure(record, shape, dtype, pass_):
                                                                       else baselines),
                     "pass": pass_, "shape": list(SHAPES[shape][0]), "shape_name": shape,
                     "channels_last": SHAPES[shape][1], "dtype": dtype, "p": P, "saved_bytes": saved_bytes}
-            return record(pass_function(pass_, call, out, leaves), info, bytes_moved=bytes_moved[pass_])
+            return record(pass_function(pass_, call, out, leaves), info, bytes_moved=bytes_moved[pass_],
+                          copy_bytes=nbytes([out]))
 
     return run

@@ -11,7 +11,7 @@ headline shape and dtype: speed-ups of forward, backward and forward+backward ov
 op's first baseline, the share of copy bandwidth reached, the bytes saved for backward),
 then one section per op. Each section has a time table, one row per (shape, dtype, pass):
 every provider's time with GB/s (bytes moved / time) and its percentage of the copy
-bandwidth measured with the same bytes in the same run, and the speed-up of this
+bandwidth (a tensor the size of the op's output, copied in the same run), and the speed-up of this
 package's ``torch`` and ``triton`` backends over the first baseline (baseline time /
 provider time: above 1 the package is faster); and a memory table: bytes one forward
 saves for backward and, on CUDA, the peak allocated during one forward+backward above
@@ -100,8 +100,9 @@ def gbps(r: dict):
 
 
 def copy_pct(r: dict):
-    """Share of the device's copy bandwidth (same bytes, same run) that the provider reached, in %."""
-    return 100.0 * r["copy_seconds"] / r["time"] if r.get("copy_seconds") else None
+    """Share of the device's copy bandwidth (a tensor of the op's size, same run) that the provider reached, in %."""
+    rate = gbps(r)
+    return 100.0 * rate / r["copy_gbps"] if rate and r.get("copy_gbps") else None
 
 
 def columns(rows: dict) -> tuple:
@@ -176,8 +177,9 @@ def header_lines(recs: list, stat: str, meta=()) -> list:
         if m.get("commit") or m.get("datetime"):
             commit = f"commit {m['commit'][:12]}{' (uncommitted changes)' if m.get('dirty') else ''}" if m.get("commit") else ""
             lines.append(f"- run: {', '.join(x for x in (m.get('datetime'), commit) if x)}")
-    lines.append(f"- time: the {stat} of each benchmark's rounds; GB/s = bytes moved / time; % = share of the copy"
-                 " bandwidth, measured in the same run by copying the same bytes on the same device")
+    lines.append(f"- time: the {stat} of each benchmark's rounds; GB/s = bytes an ideal implementation moves / time;"
+                 " % = share of the copy bandwidth (bytes read + written by `dst.copy_(src)` of a tensor the size"
+                 " of the op's output, measured in the same run on the same device)")
     if any(r.get("peak_mem_note") for r in recs):
         lines.append("- peak memory: n/a on CPU (PyTorch keeps no allocator statistics there)")
     return lines

@@ -21,7 +21,7 @@ def _bench(provider, mean, pass_="fwd", op="drop_layer", baselines=("torchvision
 
 DATA = {"benchmarks": [
     _bench("torch", 2e-3, pass_="bwd"),
-    _bench("timm", 3e-3), _bench("torch", 1e-3), _bench("torchvision", 4e-3, copy_seconds=1e-3),
+    _bench("timm", 3e-3), _bench("torch", 1e-3), _bench("torchvision", 4e-3, copy_gbps=3.0),
     {"extra_info": {}, "stats": {"mean": 1.0}},  # a benchmark not from bench/: ignored
     {"extra_info": {"op": "drop_layer"}, "stats": None},  # written under --benchmark-disable: ignored
 ]}
@@ -47,7 +47,7 @@ def test_to_markdown_cells():
     text = report.to_markdown(report.records(DATA, "mean"), "mean")
     assert "- device: cpu: test" in text
     assert "| shape | dtype | pass | torchvision | timm | torch | speed-up torch |" in text
-    # first baseline (torchvision, 4 ms) over torch (1 ms); GB/s = 3e6 B / time; copy of the same bytes took 1 ms: 25%
+    # first baseline (torchvision, 4 ms) over torch (1 ms); GB/s = 3e6 B / time; 0.75 of 3 GB/s copy bandwidth: 25%
     assert "| small | fp32 | fwd | 4 ms (0.75 GB/s, 25%) | 3 ms (1 GB/s) | 1 ms (3 GB/s) | 4.00× |" in text
     assert "| small | fp32 | bwd | – | – | 2 ms (1.5 GB/s) | – |" in text
 
@@ -74,27 +74,27 @@ def test_recorded_ratios(recorded):
     assert report.speedup(fwd, "torchvision", "torch") == pytest.approx(expected)
     r = fwd["torchvision"]
     assert report.gbps(r) == pytest.approx(r["bytes_moved"] / _median(data, "drop_layer", "torchvision", "fwd") / 1e9)
-    assert report.copy_pct(r) == pytest.approx(100 * r["copy_seconds"] / r["time"])
+    assert report.copy_pct(r) == pytest.approx(100 * report.gbps(r) / r["copy_gbps"])
 
 
 def test_recorded_table(recorded):
     recs, meta, _ = recorded
     text = report.to_markdown(recs, "median", meta)
     for line in (
-        "- device: cpu: AMD EPYC, 1 threads", "- torch: 2.14.1+cu130", "- triton: 3.8.0", "- effdrop_triton: 0.1.0",
+        "- device: cpu: AMD EPYC, 1 thread", "- torch: 2.14.1+cu130", "- triton: 3.8.0", "- effdrop_triton: 0.1.0",
         "- peak memory: n/a on CPU (PyTorch keeps no allocator statistics there)",
         "## drop_neuron", "## drop_layer",
         "| shape | dtype | pass | torchvision | timm | torch | speed-up torch |",
-        # medians 47.7 µs / 47.3 µs / 308 µs for 1.5 MiB moved; a copy of the same bytes took 18.4 µs
-        "| small | fp32 | fwd | 47.7 µs (33 GB/s, 39%) | 47.3 µs (33.2 GB/s, 39%) | 308 µs (5.1 GB/s, 6%) | 0.15× |",
-        "| small | fp32 | fwdbwd | 878 µs (2.39 GB/s, 3%) | 2.05 ms (1.02 GB/s, 1%) | 0.43× |",
+        # medians 47.1 µs / 46.9 µs / 314 µs for 1.5 MiB moved; copying a 512 KiB tensor ran at 86 GB/s
+        "| small | fp32 | fwd | 47.1 µs (33.4 GB/s, 39%) | 46.9 µs (33.5 GB/s, 39%) | 314 µs (5.01 GB/s, 6%) | 0.15× |",
+        "| small | fp32 | fwdbwd | 873 µs (2.4 GB/s, 3%) | 1.93 ms (1.08 GB/s, 1%) | 0.45× |",
         # F.dropout saves a 512 KiB mask, this package an 8-byte seed
         "| small | fp32 | 512 KiB | 8 B | 6.6e4× |",
-        "| drop_neuron | small | fp32 | torch | `F.dropout` | 0.86× | – | **0.43×** | 1.02 GB/s, 1% | 8 B vs 512 KiB |",
+        "| drop_neuron | small | fp32 | torch | `F.dropout` | 0.86× | – | **0.45×** | 1.08 GB/s, 1% | 8 B vs 512 KiB |",
     ):
         assert line in text, line
     assert text.index("## Headline") < text.index("## drop_neuron") < text.index("## drop_layer")
-    assert "- run: 2026-11-26" in text and "commit 8971095d0329" in text
+    assert "- run: 2026-11-26" in text and "commit be20b50ec3c6 (uncommitted changes)" in text
 
 
 def test_main_writes_table_and_chart(recorded, tmp_path, capsys):
@@ -145,15 +145,15 @@ def test_several_files_merge(tmp_path):
 def test_cuda_peak_memory_and_triton_headline():
     def gpu(provider, seconds, pass_, peak):
         return _bench(provider, seconds, pass_=pass_, op="drop_neuron", baselines=["F.dropout"], shape_name="large",
-                      dtype="bf16", bytes_moved=2**28, copy_seconds=1e-4, saved_bytes=8 if provider in report.PACKAGE
+                      dtype="bf16", bytes_moved=2**28, copy_gbps=3000.0, saved_bytes=8 if provider in report.PACKAGE
                       else 2**26, peak_mem_bytes=2**30 + peak, peak_over_inputs_bytes=peak, device="NVIDIA H100")
 
     docs = [gpu(p, t * k, pass_, peak) for pass_, k in (("fwd", 1), ("bwd", 1), ("fwdbwd", 2))
             for p, t, peak in (("F.dropout", 4e-4, 3 * 2**27), ("triton", 2e-4, 2**27), ("torch", 8e-4, 2**27))]
     text = report.to_markdown(report.records({"benchmarks": docs}, "mean"), "mean")
     assert "| op | shape | dtype | provider |" in text
-    # triton (the GPU path) is the headline provider: 2x faster; fwd+bwd takes 4e-4 s, the copy of its bytes 1e-4 s: 25%
-    assert "| drop_neuron | large | bf16 | triton | `F.dropout` | 2.00× | 2.00× | **2.00×** | 671 GB/s, 25% |" in text
+    # triton (the GPU path) is the headline provider: 2x faster; fwd+bwd moves 2**28 B in 4e-4 s, 671 of 3000 GB/s
+    assert "| drop_neuron | large | bf16 | triton | `F.dropout` | 2.00× | 2.00× | **2.00×** | 671 GB/s, 22% |" in text
     assert "| shape | dtype | F.dropout | torch | triton | saved torch | saved triton | peak torch | peak triton |" in text
     assert "| large | bf16 | 64 MiB / 384 MiB | 8 B / 128 MiB | 8 B / 128 MiB | 8.4e6× | 8.4e6× | 3.00× | 3.00× |" in text
 
