@@ -157,7 +157,7 @@ def eager_norm_act_drop(x: Tensor, args: dict) -> Tensor:
 def apply_norm_act_drop(module, x: Tensor, args: dict, conv: Optional[nn.Conv2d] = None) -> Tensor:
     """Run ``module``'s norm-act-drop on ``x`` (then ``conv`` if given), fused or eager, recording
     the input statistics when the module tracks them."""
-    if module.fused and hasattr(functional, "norm_act_drop_conv2d"):  # TEMPORARY until the fused op lands
+    if module.fused:
         if conv is None:
             out = functional.norm_act_drop(x, **args, input_stats=module.track_stats)
         else:
