@@ -77,3 +77,56 @@ def test_offsets_past_int32():
     tail = slice(n - 8 * 4096, n)
     keep = philox.neuron_keep(n, torch.tensor(3, device="cuda"), 0.5)[tail]
     assert torch.equal(out[tail] != 0, keep)
+
+
+NORM_CASES = {
+    "bn_channel": dict(p=0.3, seed=2024),
+    "bn_neuron": dict(p=0.3, seed=2024, drop_type="neuron"),
+    "bn_frozen": dict(p=0.3, seed=2024, use_batch_stats=False),
+    "gn_channel": dict(p=0.3, seed=2024, norm="gn", num_groups=4),
+}
+
+
+def _norm_forward_backward(case, x, backend):
+    from effdrop_triton.functional import norm_act_drop
+
+    kw = NORM_CASES[case]
+    C = x.shape[1]
+    g = torch.Generator().manual_seed(1)
+    leaves = [t.to(x.device).requires_grad_() for t in (x.detach().clone(), torch.randn(C, generator=g), torch.randn(C, generator=g))]
+    running = (torch.zeros(C, device=x.device), torch.ones(C, device=x.device)) if kw.get("norm", "bn") == "bn" else (None, None)
+    with ed.use_backend(backend):
+        out = norm_act_drop(*leaves, *running, **kw)
+        out.backward(torch.linspace(-1, 1, out.numel(), device=x.device).view(out.shape).to(out.dtype))
+    return [out.detach().float().cpu()] + [t.grad.float().cpu() for t in leaves] + [r.cpu() for r in running if r is not None]
+
+
+@pytest.mark.parametrize("case", sorted(NORM_CASES))
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(3, 8, 7, 5), (16, 64, 32, 32)])
+def test_norm_act_drop_triton_matches_fallback(case, layout, dtype, shape):
+    """Fused norm-ReLU-dropout on the GPU against the fallback on the CPU in fp32 (the reference):
+    masks equal where the output is clearly nonzero, values within the dtype's tolerance."""
+    x = nonzero_randn(shape, dtype, layout, device="cuda")
+    out = _norm_forward_backward(case, x, "triton")
+    ref = _norm_forward_backward(case, x.float().cpu(), "torch")
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
+    clear = ref[0].abs() > 1e-2
+    assert torch.equal((out[0] == 0)[clear], (ref[0] == 0)[clear]), "masks differ"
+    for a, b in zip(out, ref):
+        torch.testing.assert_close(a, b, **tol)
+
+
+def test_norm_act_drop_conv2d_compiles_fullgraph_on_cuda():
+    from effdrop_triton.functional import norm_act_drop_conv2d
+
+    torch._dynamo.reset()
+    x = torch.randn(8, 16, 12, 12, device="cuda", requires_grad=True)
+    w, b = torch.ones(16, device="cuda", requires_grad=True), torch.zeros(16, device="cuda", requires_grad=True)
+    cw = torch.randn(32, 16, 3, 3, device="cuda", requires_grad=True)
+    fn = lambda t: norm_act_drop_conv2d(t, w, b, None, None, cw, padding=1, p=0.2, seed=3)  # noqa: E731
+    eager = fn(x)
+    compiled = torch.compile(fn, fullgraph=True)(x)
+    compiled.sum().backward()
+    torch.testing.assert_close(compiled, eager)

@@ -20,12 +20,14 @@ if INTERPRET:
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-from effdrop_triton.kernels import drop_layer, drop_neuron, unit_gate  # noqa: E402
+from effdrop_triton.kernels import drop_layer, drop_neuron, norm_act_drop, norm_stats, unit_gate  # noqa: E402
 
 H100 = GPUTarget("cuda", 90, 32)
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64"}
 KERNELS = [(drop_neuron, "_drop_neuron_flat_kernel"), (drop_neuron, "_drop_neuron_channels_last_kernel"),
-           (unit_gate, "_unit_gate_kernel"), (drop_layer, "_drop_layer_kernel")]
+           (unit_gate, "_unit_gate_kernel"), (drop_layer, "_drop_layer_kernel"),
+           (norm_stats, "_partial_moments_kernel"), (norm_act_drop, "_norm_act_drop_fwd_kernel"),
+           (norm_act_drop, "_norm_act_drop_bwd_sums_kernel"), (norm_act_drop, "_norm_act_drop_bwd_dx_kernel")]
 
 
 class Capture:
@@ -141,3 +143,63 @@ def test_unit_gates_are_drawn_once_per_many_elements(launches, channels_last, op
         elements_per_thread = bound["BLOCK_N"] * bound["BLOCK_C"] * bound["BLOCK_S"] // (32 * bound["num_warps"])
         high_products = compile_launch(fn, args, kwargs).asm["ptx"].count("mul.hi")
         assert high_products <= 2 * 10 * max(1, elements_per_thread // 8), (high_products, elements_per_thread)
+
+
+NORM_OPS = {
+    "bn_channel": dict(p=0.2, seed=1),
+    "bn_neuron": dict(p=0.2, seed=1, drop_type="neuron"),
+    "bn_eval": dict(training=False),
+    "gn_channel": dict(p=0.2, seed=1, norm="gn", num_groups=8),
+}
+
+
+def _run_norm(case, x):
+    from effdrop_triton.functional import norm_act_drop
+
+    kw = dict(NORM_OPS[case])
+    C = x.shape[1]
+    running = (torch.zeros(C), torch.ones(C)) if kw.get("norm", "bn") == "bn" else (None, None)
+    weight, bias = torch.ones(C, requires_grad=True), torch.zeros(C, requires_grad=True)
+    with ed.use_backend("triton"):
+        x = x.detach().requires_grad_()
+        out = norm_act_drop(x, weight, bias, *running, input_stats=True, **kw)[0]
+        out.backward(torch.ones_like(out))
+
+
+def _vector_ops(ptx):
+    loads = set(re.findall(r"ld\.global[.\w]*", ptx)) - {"ld.global.b64"}  # the seed is one 64-bit load
+    stores = set(re.findall(r"st\.global[.\w]*", ptx))
+    return loads, stores
+
+
+@pytest.mark.parametrize("case", sorted(NORM_OPS))
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_norm_act_drop_launches_compile_with_128bit_element_access(launches, case, channels_last, dtype):
+    """Every per-element load and store of the fused norm kernels is a 128-bit vector. Per-channel tables
+    are the only narrower loads, and only in NCHW (one constant serves a whole row there)."""
+    x = torch.randn(8, 64, 16, 16, dtype=dtype)
+    _run_norm(case, x.to(memory_format=torch.channels_last) if channels_last else x)
+    names = {fn.__name__ for fn, _, _ in launches}
+    assert {"_partial_moments_kernel", "_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"} <= names
+    for fn, args, kwargs in launches:
+        ptx = compile_launch(fn, args, kwargs).asm["ptx"]
+        loads, stores = _vector_ops(ptx)
+        element_loads = {op for op in loads if ".v4." in op}
+        assert element_loads, (fn.__name__, loads)
+        if channels_last:  # channels are the vector axis: the tables are vectors too
+            assert all(".v4." in op for op in loads), (fn.__name__, loads)
+        if fn.__name__ in ("_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"):
+            assert stores and all(".v4." in op for op in stores), (fn.__name__, stores)
+
+
+@pytest.mark.parametrize("shape", [(3, 20, 7, 9), (2, 52, 3, 1), (1, 8, 1, 97)])
+@pytest.mark.parametrize("case", sorted(NORM_OPS))
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_norm_act_drop_awkward_launches_compile(launches, case, shape, channels_last):
+    x = torch.randn(shape, dtype=torch.float16)
+    if case.startswith("gn"):
+        x = torch.randn(shape[0], 8 * (shape[1] // 8 or 1), *shape[2:], dtype=torch.float16)
+    _run_norm(case, x.to(memory_format=torch.channels_last) if channels_last else x)
+    for fn, args, kwargs in launches:
+        assert compile_launch(fn, args, kwargs).asm["cubin"]
