@@ -87,7 +87,7 @@ NORM_CASES = {
 }
 
 
-def _norm_forward_backward(case, x, backend):
+def _norm_forward_backward(case, x, backend, grad_dtype=None):
     from effdrop_triton.functional import norm_act_drop
 
     kw = NORM_CASES[case]
@@ -97,7 +97,8 @@ def _norm_forward_backward(case, x, backend):
     running = (torch.zeros(C, device=x.device), torch.ones(C, device=x.device)) if kw.get("norm", "bn") == "bn" else (None, None)
     with ed.use_backend(backend):
         out = norm_act_drop(*leaves, *running, **kw)
-        out.backward(torch.linspace(-1, 1, out.numel(), device=x.device).view(out.shape).to(out.dtype))
+        grad = torch.linspace(-1, 1, out.numel(), device=x.device).view(out.shape)
+        out.backward(grad.to(grad_dtype or out.dtype).to(out.dtype))  # the reference sees the same rounded gradient
     return [out.detach().float().cpu()] + [t.grad.float().cpu() for t in leaves] + [r.cpu() for r in running if r is not None]
 
 
@@ -110,7 +111,7 @@ def test_norm_act_drop_triton_matches_fallback(case, layout, dtype, shape):
     masks equal where the output is clearly nonzero, values within the dtype's tolerance."""
     x = nonzero_randn(shape, dtype, layout, device="cuda")
     out = _norm_forward_backward(case, x, "triton")
-    ref = _norm_forward_backward(case, x.float().cpu(), "torch")
+    ref = _norm_forward_backward(case, x.float().cpu(), "torch", grad_dtype=dtype)
     tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     clear = ref[0].abs() > 1e-2
     assert torch.equal((out[0] == 0)[clear], (ref[0] == 0)[clear]), "masks differ"
