@@ -28,7 +28,8 @@ say) calls ``record`` directly. Both store in ``benchmark.extra_info``:
 
 Options (see ``pytest bench --help``): ``--bench-shapes``, ``--bench-dtypes``,
 ``--bench-passes`` keep part of the grid; ``--bench-priority`` runs the headline cases
-first; ``--bench-budget`` skips the cases that would start after that many seconds.
+first (shape and dtype as PRIORITY lists, then fwd+bwd before fwd and bwd);
+``--bench-budget`` skips the cases that would start after that many seconds.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ PASSES = ("fwd", "bwd", "fwdbwd")
 # short by its budget still has them; pairs not listed run last, in collection order.
 PRIORITY = (("cifar", "bf16"), ("large", "bf16"), ("cifar", "fp32"), ("large", "fp32"), ("small", "bf16"),
             ("small", "fp32"), ("cifar", "fp16"), ("large", "fp16"), ("small", "fp16"))
+PASS_PRIORITY = ("fwdbwd", "fwd", "bwd")  # within a (shape, dtype): what training pays first
 COPY_MIN_SECONDS = 0.05  # time spent on each copy-bandwidth reference, per tensor size
 
 
@@ -99,8 +101,9 @@ def pytest_collection_modifyitems(config, items):
 
     def rank(item):
         params = getattr(getattr(item, "callspec", None), "params", {})
-        key = (params.get("shape"), params.get("dtype"))
-        return PRIORITY.index(key) if key in PRIORITY else len(PRIORITY)
+        key, pass_ = (params.get("shape"), params.get("dtype")), params.get("pass_")
+        return (PRIORITY.index(key) if key in PRIORITY else len(PRIORITY),
+                PASS_PRIORITY.index(pass_) if pass_ in PASS_PRIORITY else len(PASS_PRIORITY))
 
     items.sort(key=rank)  # stable: the providers of one case stay together, in file order
 

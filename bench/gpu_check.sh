@@ -24,18 +24,20 @@ set -u
 
 usage() { awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; }
 
+die() { echo "gpu_check.sh: $1" >&2; exit 2; }
+
 BUDGET_ARG=6m
 OUT_DIR=${OUT:-}
 DRY=0
 while [ $# -gt 0 ]; do
     case "$1" in
-        --out) OUT_DIR=${2:-}; shift 2 ;;
+        --out) [ $# -ge 2 ] || die "--out needs a folder"; OUT_DIR=$2; shift 2 ;;
         --out=*) OUT_DIR=${1#--out=}; shift ;;
-        --budget) BUDGET_ARG=${2:-}; shift 2 ;;
+        --budget) [ $# -ge 2 ] || die "--budget needs a value"; BUDGET_ARG=$2; shift 2 ;;
         --budget=*) BUDGET_ARG=${1#--budget=}; shift ;;
         --dry-run) DRY=1; shift ;;
         -h|--help) usage; exit 0 ;;
-        *) echo "gpu_check.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
+        *) usage >&2; die "unknown argument '$1'" ;;
     esac
 done
 
@@ -45,16 +47,16 @@ case "$BUDGET_ARG" in
     *) BUDGET=$BUDGET_ARG ;;
 esac
 case "$BUDGET" in
-    ''|*[!0-9]*) echo "gpu_check.sh: --budget takes seconds or minutes (360, 360s, 6m), got '$BUDGET_ARG'" >&2; exit 2 ;;
+    ''|*[!0-9]*) die "--budget takes seconds or minutes (360, 360s, 6m), got '$BUDGET_ARG'" ;;
 esac
 
+DATE=$(date -u +%Y-%m-%d)
+OUT_DIR=${OUT_DIR:-gpu-check-$DATE}
+mkdir -p "$OUT_DIR" || die "cannot create $OUT_DIR"
+OUT_DIR=$(cd "$OUT_DIR" && pwd)  # absolute, relative to where the script was called from
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 2
 PY=${PYTHON:-python3}
-DATE=$(date -u +%Y-%m-%d)
-OUT_DIR=${OUT_DIR:-gpu-check-$DATE}
-mkdir -p "$OUT_DIR" || exit 2
-OUT_DIR=$(cd "$OUT_DIR" && pwd)
 START=$(date +%s)
 export PYTHONUNBUFFERED=1
 

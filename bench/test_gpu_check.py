@@ -29,7 +29,7 @@ def test_bash_syntax():
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
 
 
-@pytest.mark.parametrize("args", [["--budget", "5x"], ["--budget", "-3"], ["--frobnicate"]])
+@pytest.mark.parametrize("args", [["--budget", "5x"], ["--budget", "-3"], ["--budget"], ["--out"], ["--frobnicate"]])
 def test_bad_arguments_exit_2(args):
     result = run(*args)
     assert result.returncode == 2
