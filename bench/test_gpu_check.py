@@ -47,7 +47,7 @@ def test_dry_run_every_stage(tmp_path):
             f"stage {stage} did not pass:\n{summary}"
     assert "dry run: pip resolved the checkout, nothing installed" in summary
     assert "CUDA tests skipped: no GPU" in summary
-    assert "| drop_neuron | small | fp32 | torch | `F.dropout` |" in summary  # headline ratios from the JSON
+    assert "| drop_neuron | small | fp32 | torch | `F.dropout` | – | – | **" in summary  # headline ratios (fwd+bwd only)
 
     files = sorted(p.name for p in tmp_path.iterdir())
     stem = next(name[:-5] for name in files if name.endswith(".json"))
@@ -59,7 +59,8 @@ def test_dry_run_every_stage(tmp_path):
     data = json.loads((tmp_path / f"{stem}.json").read_text())
     infos = [b["extra_info"] for b in data["benchmarks"]]
     assert {i["op"] for i in infos} == {"drop_neuron", "drop_channel", "drop_path", "drop_layer"}
-    assert {i["shape_name"] for i in infos} == {"small"} and {i["provider"] for i in infos} >= {"torch", "F.dropout"}
+    assert {(i["shape_name"], i["dtype"], i["pass"]) for i in infos} == {("small", "fp32", "fwdbwd")}
+    assert {i["provider"] for i in infos} >= {"torch", "F.dropout", "torchvision", "timm", "cat_ref"}
     assert all(i["copy_gbps"] > 0 and i["gbps"] > 0 and i["peak_mem_bytes"] is None for i in infos)
 
     report = (tmp_path / f"{stem}.md").read_text()
