@@ -280,7 +280,7 @@ def make_input(device, shape, dtype):
 
     ``make_input()`` gives one (N, C, H, W) tensor; ``make_input(split=k)`` gives k
     separate tensors of C/k channels each (the branches of a multi-path block);
-    ``make_input(channels=c)`` one tensor of c channels (per-channel parameters, say).
+    ``make_input(channels=c)`` a (c,) fp32 tensor (per-channel parameters, kept in fp32 as autocast keeps them).
     """
     (n, c, h, w), channels_last = SHAPES[shape]
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -292,7 +292,7 @@ def make_input(device, shape, dtype):
             return x.normal_().requires_grad_()
 
         if channels is not None:
-            return torch.randn(channels, device=device, dtype=DTYPES[dtype]).requires_grad_()
+            return torch.randn(channels, device=device).requires_grad_()
         return one(c) if split is None else [one(c // split) for _ in range(split)]
 
     return make
