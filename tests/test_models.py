@@ -31,6 +31,16 @@ CASES = [(name, block_type, drop_type) for name in TINY for block_type in range(
 NUM_CLASSES = 5
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine OpenMP's waiting
+    threads make this module ten times slower; the setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def tiny(name, **kwargs):
     return build_model(name, **{**TINY[name], "num_classes": NUM_CLASSES, **kwargs})
 
