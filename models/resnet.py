@@ -63,8 +63,9 @@ class BasicBlock(_ResidualUnit):
 
 class Bottleneck(_ResidualUnit):
     """1x1 reduce -> 3x3 with ``groups`` (stride here) -> 1x1 expand; dropout in ``drop_convs``
-    (default: the 3x3). With ``drop_type="path"`` the ``groups`` paths of the 3x3 conv's output
-    are gated (per sample and path, or per path for the batch) before the expanding conv."""
+    (default: the 3x3). With ``drop_type="path"`` the ``groups`` paths of the grouped 3x3 block's
+    output (the conv output for block types 0/1, after its norm-ReLU for 2/3) are gated, per
+    sample and path or per path for the batch, before the expanding conv mixes them."""
 
     def __init__(self, in_channels: int, width: int, out_channels: int, stride: int = 1, groups: int = 1,
                  cfg: BlockConfig = BlockConfig(), drop_convs: Sequence[int] = (1,)):
