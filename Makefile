@@ -53,7 +53,9 @@ test-bench: install
 # 16 MiB outputs are mmapped afresh on some calls and first-touch page faults swamp the timings.
 # One intra-op thread by default: on a small shared machine a preempted worker thread stalls every
 # parallel op by a scheduler tick, which swamps the timings too (BENCH_THREADS=2 to use two).
+# Times are the fastest of >= 30 rounds: there, preempted rounds make the median bimodal.
 BENCH_THREADS ?= 1
+BENCH_STAT ?= min
 BENCH_OUT := bench/results/cpu-$(shell date +%Y-%m-%d)
 bench: install
 	mkdir -p bench/results
@@ -61,4 +63,4 @@ bench: install
 		$(PY) -m pytest bench/test_bench_*.py -q --bench-shapes=small,cpu4m --bench-dtypes=fp32 \
 		--benchmark-min-rounds=30 --benchmark-max-time=1 --benchmark-columns=median,iqr,rounds \
 		--benchmark-json=$(BENCH_OUT).json
-	$(PY) -m bench.report $(BENCH_OUT).json --stat median --out $(BENCH_OUT).md --plot $(BENCH_OUT).png
+	$(PY) -m bench.report $(BENCH_OUT).json --stat $(BENCH_STAT) --out $(BENCH_OUT).md --plot $(BENCH_OUT).png

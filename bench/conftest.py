@@ -14,10 +14,10 @@ say) calls ``record`` directly. Both store in ``benchmark.extra_info``:
   branch's: the shortcut's gradient is the output gradient itself); fwdbwd = both.
   Masks, seeds and RNG state are not counted: what a provider spends on them shows up
   as lower GB/s.
-- gbps = bytes_moved / median time; copy_gbps: the bandwidth (bytes read + written / median
-  time) of a plain ``dst.copy_(src)`` of a tensor the size of the op's output (copy_bytes),
-  on the same device, timed the same way in the same run: the roofline of one pass over
-  such a tensor, with the same cache behaviour; copy_pct = 100 * gbps / copy_gbps
+- gbps = bytes_moved / median time; copy_gbps: the bandwidth (bytes read + written / the best
+  of at least 15 timed calls) of a plain ``dst.copy_(src)`` of a tensor the size of the op's
+  output (copy_bytes), on the same device, timed the same way in the same run: the roofline
+  of one pass over such a tensor, with the same cache behaviour; copy_pct = 100 * gbps / copy_gbps
 - saved_bytes: storage kept for backward by one forward (``saved_tensors_hooks``,
   deduplicated by storage, so an input saved by reference counts in full)
 - peak_mem_bytes: ``torch.cuda.max_memory_allocated`` over one call, and
@@ -37,7 +37,6 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import platform
-import statistics
 import time
 
 import pytest
@@ -185,28 +184,29 @@ def synchronized(fn, device):
     return timed
 
 
-def _median_seconds(fn, min_seconds: float, min_calls: int = 15) -> float:
-    """Median wall time of ``fn()`` over at least ``min_calls`` calls and ``min_seconds``, after one warm-up."""
+def _best_seconds(fn, min_seconds: float, min_calls: int = 15) -> float:
+    """Shortest wall time of ``fn()`` over at least ``min_calls`` calls and ``min_seconds``, after one warm-up:
+    a roofline is what the device can do, and on a shared machine only preemption makes a call slower."""
     fn()
-    times, start = [], time.perf_counter()
-    while len(times) < min_calls or time.perf_counter() - start < min_seconds:
+    best, calls, start = float("inf"), 0, time.perf_counter()
+    while calls < min_calls or time.perf_counter() - start < min_seconds:
         t0 = time.perf_counter()
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        best, calls = min(best, time.perf_counter() - t0), calls + 1
+    return best
 
 
 @pytest.fixture(scope="session")
 def copy_gbps(device):
     """``copy_gbps(nbytes)``: bandwidth in GB/s (bytes read + written) of copying an nbytes tensor on the
-    benchmark device, median of calls timed like the benchmarks (synchronized wall clock); cached per size."""
+    benchmark device, best of calls timed like the benchmarks (synchronized wall clock); cached per size."""
     cache = {}
 
     def measure_copy(nbytes: int) -> float:
         if nbytes not in cache:
             src = torch.empty(max(1, nbytes), dtype=torch.uint8, device=device).fill_(1)
             dst = torch.empty_like(src)
-            seconds = _median_seconds(synchronized(lambda: dst.copy_(src), device), COPY_MIN_SECONDS)
+            seconds = _best_seconds(synchronized(lambda: dst.copy_(src), device), COPY_MIN_SECONDS)
             cache[nbytes] = 2 * src.numel() / seconds / 1e9
         return cache[nbytes]
 

@@ -178,8 +178,8 @@ def header_lines(recs: list, stat: str, meta=()) -> list:
             commit = f"commit {m['commit'][:12]}{' (uncommitted changes)' if m.get('dirty') else ''}" if m.get("commit") else ""
             lines.append(f"- run: {', '.join(x for x in (m.get('datetime'), commit) if x)}")
     lines.append(f"- time: the {stat} of each benchmark's rounds; GB/s = bytes an ideal implementation moves / time;"
-                 " % = share of the copy bandwidth (bytes read + written by `dst.copy_(src)` of a tensor the size"
-                 " of the op's output, measured in the same run on the same device)")
+                 " % = share of the copy bandwidth (bytes read + written by the fastest of 15+ `dst.copy_(src)` of a"
+                 " tensor the size of the op's output, measured in the same run on the same device)")
     if any(r.get("peak_mem_note") for r in recs):
         lines.append("- peak memory: n/a on CPU (PyTorch keeps no allocator statistics there)")
     return lines
