@@ -328,12 +328,13 @@ def plot(recs: list, path: str) -> bool:
                                                                              "peak_over_inputs_bytes", "peak")):
                         x = memory_ratio(row.get(reference), row[p], key)
                         if x is not None:
-                            memory.setdefault(f"{p}: {name}", {})[label] = x
+                            memory.setdefault(f"{p} backend: {name}", {})[label] = x
     labels = list(dict.fromkeys(label for bars in speed.values() for label in bars))
     if not labels:
         return False
     fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.55 * len(labels) + 2), 8.5))
-    for ax, series, title in ((axes[0], {p: b for p, b in speed.items() if b}, "speed-up (fwd+bwd or step)"),
+    speed = {f"{p} backend": bars for p, bars in speed.items() if bars}
+    for ax, series, title in ((axes[0], speed, "speed-up (fwd+bwd or step)"),
                               (axes[1], memory, "memory ratio (baseline / provider)")):
         width = 0.8 / max(1, len(series))
         for i, (name, bars) in enumerate(series.items()):
@@ -350,7 +351,8 @@ def plot(recs: list, path: str) -> bool:
         if series:
             ax.legend(fontsize=8)
     devices = ", ".join(dict.fromkeys(str(r.get("device")) for r in recs))
-    axes[0].set_title(f"effdrop_triton vs baseline, same run: {devices}", fontsize=9)
+    axes[0].set_title(f"effdrop_triton (this package's backends) vs each op's first baseline, same run: {devices}",
+                      fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
