@@ -29,7 +29,8 @@ say) calls ``record`` directly. Both store in ``benchmark.extra_info``:
 Options (see ``pytest bench --help``): ``--bench-shapes``, ``--bench-dtypes``,
 ``--bench-passes`` keep part of the grid; ``--bench-priority`` runs the headline cases
 first (shape and dtype as PRIORITY lists, then fwd+bwd before fwd and bwd);
-``--bench-budget`` skips the cases that would start after that many seconds.
+``--bench-budget`` skips the cases that would start after that many seconds;
+``--bench-no-rounds`` keeps the JSON small.
 """
 
 from __future__ import annotations
@@ -70,6 +71,9 @@ def pytest_addoption(parser):
     group.addoption("--bench-priority", action="store_true", help="run the headline shapes and dtypes first")
     group.addoption("--bench-budget", type=float, metavar="SECONDS",
                     help="skip the benchmarks that would start this long after the session began")
+    group.addoption("--bench-no-rounds", action="store_true",
+                    help="leave each round's time out of --benchmark-json (statistics stay): thousands of "
+                         "microsecond GPU rounds per case would make the file tens of MB")
 
 
 def _selected(config, option: str, values) -> list:
@@ -105,6 +109,12 @@ def pytest_collection_modifyitems(config, items):
                 PASS_PRIORITY.index(pass_) if pass_ in PASS_PRIORITY else len(PASS_PRIORITY))
 
     items.sort(key=rank)  # stable: the providers of one case stay together, in file order
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    if config.getoption("bench_no_rounds"):
+        for bench in output_json["benchmarks"]:
+            bench["stats"].pop("data", None)
 
 
 def skip_reason(on_cuda: bool, provider, shape, dtype):

@@ -62,6 +62,7 @@ def test_dry_run_every_stage(tmp_path):
     assert {(i["shape_name"], i["dtype"], i["pass"]) for i in infos} == {("small", "fp32", "fwdbwd")}
     assert {i["provider"] for i in infos} >= {"torch", "F.dropout", "torchvision", "timm", "cat_ref"}
     assert all(i["copy_gbps"] > 0 and i["gbps"] > 0 and i["peak_mem_bytes"] is None for i in infos)
+    assert not any("data" in b["stats"] for b in data["benchmarks"])  # --bench-no-rounds: files come back small
 
     report = (tmp_path / f"{stem}.md").read_text()
     assert report.startswith("# effdrop_triton benchmarks") and "## Headline" in report
