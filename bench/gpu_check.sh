@@ -114,7 +114,7 @@ LOG=$OUT_DIR/versions.txt
     echo "date (UTC): $(date -u '+%Y-%m-%d %H:%M:%S')"
     echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"
     if command -v nvidia-smi >/dev/null 2>&1; then
-        timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.mem --format=csv
+        timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.memory --format=csv
         timeout 30 nvidia-smi
     else
         echo "nvidia-smi: not found (no NVIDIA driver on this machine)"
