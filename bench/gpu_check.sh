@@ -112,7 +112,11 @@ begin versions
 LOG=$OUT_DIR/versions.txt
 {
     echo "date (UTC): $(date -u '+%Y-%m-%d %H:%M:%S')"
-    echo "commit: $(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git diff --quiet HEAD 2>/dev/null || echo ' (uncommitted changes)')"
+    if git rev-parse --short HEAD >/dev/null 2>&1; then
+        echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo ' (uncommitted changes)')"
+    else
+        echo "commit: unknown (no git checkout)"
+    fi
     if command -v nvidia-smi >/dev/null 2>&1; then
         timeout 30 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,clocks.max.memory --format=csv
         timeout 30 nvidia-smi
@@ -220,8 +224,8 @@ SUMMARY=$OUT_DIR/summary.txt
     echo "total $(elapsed) s of a $BUDGET s budget; files in $OUT_DIR"
     if [ -n "$HEADLINE" ]; then
         echo
-        echo "Headline (speed-up = baseline time / this package's time, same run; > 1: faster)$([ "$DRY" = 1 ] \
-            && echo '; DRY RUN: one CPU round per case, not a measurement')):"
+        echo "Headline$([ "$DRY" = 1 ] && echo ' (DRY RUN: one CPU round per case, not a measurement)'):" \
+            "speed-up = baseline time / this package's time, same run; > 1: faster"
         echo "$HEADLINE"
     fi
 } | tee "$SUMMARY"
