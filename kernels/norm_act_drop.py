@@ -79,7 +79,7 @@ def _norm_act_drop_fwd_kernel(
     threshold,  # keep rule of the dropout level (16-bit neuron or 32-bit unit threshold)
     dscale,  # fp32 1 / (1 - p) (1 without dropout)
     ACT: tl.constexpr,
-    DROP: tl.constexpr,  # 0 none, 1 neuron, 2 channel
+    DROP: tl.constexpr,  # 0 none or 2 channel (drop-neuron runs in _norm_act_drop_neuron_fwd_kernel)
     S_UNIT_STRIDE: tl.constexpr,  # x_ss == out_ss == 1 (NCHW)
     C_UNIT_STRIDE: tl.constexpr,  # x_sc == out_sc == 1 (channels_last)
     BLOCK_N: tl.constexpr,
@@ -103,18 +103,14 @@ def _norm_act_drop_fwd_kernel(
     z = x * scale + shift
     if ACT:
         z = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)
-    if DROP == DROP_NEURON:
-        z = tl.where(_neuron_keep(seed_ptr, (n * C + c) * S + s, threshold), z, 0.0)
     tl.store(out_ptr + n * out_sn + c * out_sc + s * out_ss, z.to(out_ptr.dtype.element_ty), mask=in_bounds)
 
 
 @triton.jit
-def _grad_at_affine(x, dy, scale, shift, keep, seed_ptr, index, threshold, dscale, ACT: tl.constexpr,
-                    DROP: tl.constexpr):
-    """Gradient at the affine output: the incoming gradient through dropout and ReLU (masks recomputed)."""
+def _grad_at_affine(x, dy, scale, shift, keep, dscale, ACT: tl.constexpr):
+    """Gradient at the affine output: the incoming gradient through dropout (``keep``: the channel gate or
+    the neuron mask) and ReLU (masks recomputed)."""
     dz = tl.where(keep, dy * dscale, 0.0)
-    if DROP == DROP_NEURON:
-        dz = tl.where(_neuron_keep(seed_ptr, index, threshold), dz, 0.0)
     if ACT:
         dz = tl.where(x * scale + shift > 0.0, dz, 0.0)
     return dz
@@ -174,7 +170,10 @@ def _norm_act_drop_bwd_sums_kernel(
         in_bounds = c_in_bounds & (s < S)
         x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=in_bounds, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc + s * dy_ss, mask=in_bounds, other=0.0).to(tl.float32)
-        dz = _grad_at_affine(x, dy, scale, shift, keep, seed_ptr, (n * C + c) * S + s, threshold, dscale, ACT, DROP)
+        gate = keep
+        if DROP == DROP_NEURON:
+            gate = _neuron_keep(seed_ptr, (n * C + c) * S + s, threshold)
+        dz = _grad_at_affine(x, dy, scale, shift, gate, dscale, ACT)
         dz = tl.where(in_bounds, dz, 0.0)
         acc_dz += dz
         acc_dz_xhat += dz * ((x - mean) * invstd)
@@ -206,7 +205,7 @@ def _norm_act_drop_bwd_dx_kernel(
     threshold,
     dscale,
     ACT: tl.constexpr,
-    DROP: tl.constexpr,
+    DROP: tl.constexpr,  # 0 none or 2 channel (drop-neuron runs in _norm_act_drop_neuron_bwd_dx_kernel)
     COUPLED: tl.constexpr,  # the statistics depend on x (batch statistics, GroupNorm): dx = k1 dz + k2 xhat + k3
     S_UNIT_STRIDE: tl.constexpr,
     C_UNIT_STRIDE: tl.constexpr,
@@ -230,7 +229,7 @@ def _norm_act_drop_bwd_dx_kernel(
         dx_sc = 1
     x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=in_bounds, other=0.0).to(tl.float32)
     dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc + s * dy_ss, mask=in_bounds, other=0.0).to(tl.float32)
-    dz = _grad_at_affine(x, dy, scale, shift, keep, seed_ptr, (n * C + c) * S + s, threshold, dscale, ACT, DROP)
+    dz = _grad_at_affine(x, dy, scale, shift, keep, dscale, ACT)
     dx = k1 * dz
     if COUPLED:
         mean = tl.load(mean_ptr + table, mask=nc_in_bounds, other=0.0)
@@ -239,6 +238,214 @@ def _norm_act_drop_bwd_dx_kernel(
         k3 = tl.load(k3_ptr + table, mask=nc_in_bounds, other=0.0)
         dx = dx + k2 * ((x - mean) * invstd) + k3
     tl.store(dx_ptr + n * dx_sn + c * dx_sc + s * dx_ss, dx.to(dx_ptr.dtype.element_ty), mask=in_bounds)
+
+
+# Tilings of the drop-neuron passes. 8 logical neighbours share a Philox call (``effdrop_triton.philox``), so
+# a program holds groups of 8 and each thread makes its groups' calls once, as ``drop_neuron``'s kernels do.
+ROW_GROUPS: tl.constexpr = tl.constexpr(0)  # S > 1 (NCHW, strided): 8 positions of an (n, c) row, vectors along s
+CHANNEL_VECTORS: tl.constexpr = tl.constexpr(1)  # S > 1, channels_last: 8 positions per channel, vectors along c
+CHANNEL_GROUPS: tl.constexpr = tl.constexpr(2)  # S == 1: 8 channels of a sample, vectors along c
+
+
+@triton.jit
+def _neuron_tile(C, S, num_g_blocks, num_c_blocks, TILE: tl.constexpr, BLOCK_N: tl.constexpr,
+                 BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+    """This program's groups: ``n``, ``c`` (a CHANNEL_GROUPS group's first channel), the group index ``g``
+    along the grouped axis and ``first``, the logical index of the group's first element."""
+    pid = tl.program_id(0).to(tl.int64)
+    g_block = pid % num_g_blocks
+    c_block = (pid // num_g_blocks) % num_c_blocks
+    n_block = pid // (num_g_blocks * num_c_blocks)
+    if TILE == ROW_GROUPS:
+        t = tl.arange(0, BLOCK_N * BLOCK_C * BLOCK_G)[:, None]  # [T, 1]: one group per row
+        n = n_block * BLOCK_N + t // (BLOCK_C * BLOCK_G)
+        c = c_block * BLOCK_C + (t // BLOCK_G) % BLOCK_C
+    else:
+        t = tl.arange(0, BLOCK_N * BLOCK_G)[:, None]  # [T, 1]
+        n = n_block * BLOCK_N + t // BLOCK_G
+        c = (c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64))[None, :]  # [1, BC]; BC = 1 for CHANNEL_GROUPS
+    g = g_block * BLOCK_G + t % BLOCK_G
+    if TILE == CHANNEL_GROUPS:
+        c = g * 8
+        first = n * C + c
+    else:
+        first = (n * C + c) * S + g * 8  # [T, 1] or [T, BC]
+    return n, c, g, first
+
+
+@triton.jit
+def _neuron_piece(c, g, piece: tl.constexpr, TILE: tl.constexpr, LANES: tl.constexpr):
+    """``(c, s, j)`` of one piece of the groups: its elements' channel and position, and their place ``j``
+    (0..7) in the group. A piece is LANES neighbours (one 16-byte vector) or, for CHANNEL_VECTORS, one."""
+    j = piece * LANES + tl.arange(0, LANES)[None, :]  # [1, LANES]
+    if TILE == CHANNEL_GROUPS:
+        c = c + j
+        s = 0
+    else:
+        s = g * 8 + j
+    return c, s, j
+
+
+@triton.jit
+def _neuron_words(seed_ptr, first, ALIGNED: tl.constexpr):
+    """Words of the Philox call holding each group's first element and, unless ALIGNED (groups start at a
+    multiple of 8), of the next call, which the group's end may fall in."""
+    seed = tl.load(seed_ptr)
+    a0, a1, a2, a3 = philox_words(seed, first >> 3, STREAM_NEURON)
+    if ALIGNED:
+        b0, b1, b2, b3 = a0, a1, a2, a3
+    else:
+        b0, b1, b2, b3 = philox_words(seed, (first >> 3) + 1, STREAM_NEURON)
+    return a0, a1, a2, a3, b0, b1, b2, b3
+
+
+@triton.jit
+def _group_keep(a0, a1, a2, a3, b0, b1, b2, b3, first, j, threshold, ALIGNED: tl.constexpr):
+    """Drop-neuron keep decision of element ``first + j`` from its group's call words."""
+    if ALIGNED:
+        u16 = select_half_word(a0, a1, a2, a3, j)
+    else:
+        k = (first & 7).to(tl.int32) + j  # place in the first call; 8.. fall in the next
+        second = k >= 8
+        u16 = select_half_word(tl.where(second, b0, a0), tl.where(second, b1, a1), tl.where(second, b2, a2),
+                               tl.where(second, b3, a3), k & 7)
+    return u16 < threshold
+
+
+@triton.jit
+def _norm_act_drop_neuron_fwd_kernel(
+    x_ptr,  # (N, C, S) strided input
+    out_ptr,  # (N, C, S) strided output
+    scale_ptr,  # (1 or N, C) fp32 weight * invstd
+    shift_ptr,  # (1 or N, C) fp32 bias - mean * weight * invstd
+    seed_ptr,  # () int64 seed
+    N, C, S,
+    x_sn, x_sc, x_ss,
+    out_sn, out_sc, out_ss,
+    table_sn,  # row stride of the tables: 0 (per channel) or C (per sample and channel)
+    num_g_blocks,
+    num_c_blocks,
+    threshold,  # keep when the 16-bit number is below this
+    dscale,  # fp32 1 / (1 - p)
+    ACT: tl.constexpr,
+    TILE: tl.constexpr,  # ROW_GROUPS, CHANNEL_VECTORS or CHANNEL_GROUPS
+    ALIGNED: tl.constexpr,  # groups start at multiples of 8 (S % 8 == 0, or C % 8 == 0 when S == 1)
+    S_UNIT_STRIDE: tl.constexpr,
+    C_UNIT_STRIDE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_G: tl.constexpr,  # groups of 8 along the grouped axis
+    LANES: tl.constexpr,  # neighbours per piece (1 for CHANNEL_VECTORS)
+):
+    n, c_group, g, first = _neuron_tile(C, S, num_g_blocks, num_c_blocks, TILE, BLOCK_N, BLOCK_C, BLOCK_G)
+    a0, a1, a2, a3, b0, b1, b2, b3 = _neuron_words(seed_ptr, first, ALIGNED)
+    if S_UNIT_STRIDE:
+        x_ss = 1
+        out_ss = 1
+    if C_UNIT_STRIDE:
+        x_sc = 1
+        out_sc = 1
+    if TILE != CHANNEL_GROUPS:  # a group's elements share a channel: its constants load once
+        scale, shift, _ = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c_group, C, table_sn,
+                                         (n < N) & (c_group < C), threshold, dscale, DROP_NEURON)
+    # a thread holds its groups' pieces, so each Philox call runs once (in one thread)
+    for piece in tl.static_range(8 // LANES):
+        c, s, j = _neuron_piece(c_group, g, piece, TILE, LANES)
+        nc_in_bounds = (n < N) & (c < C)
+        in_bounds = nc_in_bounds & (s < S)
+        if TILE == CHANNEL_GROUPS:
+            scale, shift, _ = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, nc_in_bounds,
+                                             threshold, dscale, DROP_NEURON)
+        x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=in_bounds, other=0.0).to(tl.float32)
+        z = x * scale + shift
+        if ACT:
+            z = tl.maximum(z, 0.0, propagate_nan=tl.PropagateNan.ALL)
+        z = tl.where(_group_keep(a0, a1, a2, a3, b0, b1, b2, b3, first, j, threshold, ALIGNED), z, 0.0)
+        tl.store(out_ptr + n * out_sn + c * out_sc + s * out_ss, z.to(out_ptr.dtype.element_ty), mask=in_bounds)
+
+
+@triton.jit
+def _dx_constants(scale_ptr, shift_ptr, mean_ptr, invstd_ptr, k2_ptr, k3_ptr, seed_ptr, n, c, C, table_sn,
+                  nc_in_bounds, threshold, dscale, COUPLED: tl.constexpr):
+    """``(scale', shift', k1, mean, invstd, k2, k3)`` of the drop-neuron input gradient (the last four only
+    when COUPLED)."""
+    scale, shift, _ = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, nc_in_bounds, threshold,
+                                     dscale, DROP_NEURON)
+    table = n * table_sn + c
+    k1 = tl.load(scale_ptr + table, mask=nc_in_bounds, other=0.0)  # weight * invstd
+    mean = k1
+    invstd = k1
+    k2 = k1
+    k3 = k1
+    if COUPLED:
+        mean = tl.load(mean_ptr + table, mask=nc_in_bounds, other=0.0)
+        invstd = tl.load(invstd_ptr + table, mask=nc_in_bounds, other=0.0)
+        k2 = tl.load(k2_ptr + table, mask=nc_in_bounds, other=0.0)
+        k3 = tl.load(k3_ptr + table, mask=nc_in_bounds, other=0.0)
+    return scale, shift, k1, mean, invstd, k2, k3
+
+
+@triton.jit
+def _norm_act_drop_neuron_bwd_dx_kernel(
+    x_ptr,  # (N, C, S) strided input of the forward pass
+    dy_ptr,  # (N, C, S) strided gradient of the output
+    dx_ptr,  # (N, C, S) strided output: gradient of the input
+    scale_ptr,  # (1 or N, C) fp32 weight * invstd
+    shift_ptr,  # (1 or N, C) fp32 bias - mean * weight * invstd
+    mean_ptr,  # (1 or N, C) fp32 mean
+    invstd_ptr,  # (1 or N, C) fp32 1 / sqrt(var + eps)
+    k2_ptr,  # (1 or N, C) fp32 coefficient of xhat (read only when COUPLED)
+    k3_ptr,  # (1 or N, C) fp32 constant term (read only when COUPLED)
+    seed_ptr,  # () int64 seed
+    N, C, S,
+    x_sn, x_sc, x_ss,
+    dy_sn, dy_sc, dy_ss,
+    dx_sn, dx_sc, dx_ss,
+    table_sn,
+    num_g_blocks,
+    num_c_blocks,
+    threshold,
+    dscale,
+    ACT: tl.constexpr,
+    COUPLED: tl.constexpr,  # the statistics depend on x (batch statistics, GroupNorm): dx = k1 dz + k2 xhat + k3
+    TILE: tl.constexpr,
+    ALIGNED: tl.constexpr,
+    S_UNIT_STRIDE: tl.constexpr,
+    C_UNIT_STRIDE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    LANES: tl.constexpr,
+):
+    n, c_group, g, first = _neuron_tile(C, S, num_g_blocks, num_c_blocks, TILE, BLOCK_N, BLOCK_C, BLOCK_G)
+    a0, a1, a2, a3, b0, b1, b2, b3 = _neuron_words(seed_ptr, first, ALIGNED)
+    if S_UNIT_STRIDE:
+        x_ss = 1
+        dy_ss = 1
+        dx_ss = 1
+    if C_UNIT_STRIDE:
+        x_sc = 1
+        dy_sc = 1
+        dx_sc = 1
+    if TILE != CHANNEL_GROUPS:
+        scale, shift, k1, mean, invstd, k2, k3 = _dx_constants(
+            scale_ptr, shift_ptr, mean_ptr, invstd_ptr, k2_ptr, k3_ptr, seed_ptr, n, c_group, C, table_sn,
+            (n < N) & (c_group < C), threshold, dscale, COUPLED)
+    for piece in tl.static_range(8 // LANES):
+        c, s, j = _neuron_piece(c_group, g, piece, TILE, LANES)
+        nc_in_bounds = (n < N) & (c < C)
+        in_bounds = nc_in_bounds & (s < S)
+        if TILE == CHANNEL_GROUPS:
+            scale, shift, k1, mean, invstd, k2, k3 = _dx_constants(
+                scale_ptr, shift_ptr, mean_ptr, invstd_ptr, k2_ptr, k3_ptr, seed_ptr, n, c, C, table_sn,
+                nc_in_bounds, threshold, dscale, COUPLED)
+        x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=in_bounds, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc + s * dy_ss, mask=in_bounds, other=0.0).to(tl.float32)
+        keep = _group_keep(a0, a1, a2, a3, b0, b1, b2, b3, first, j, threshold, ALIGNED)
+        dx = k1 * _grad_at_affine(x, dy, scale, shift, keep, dscale, ACT)
+        if COUPLED:
+            dx = dx + k2 * ((x - mean) * invstd) + k3
+        tl.store(dx_ptr + n * dx_sn + c * dx_sc + s * dx_ss, dx.to(dx_ptr.dtype.element_ty), mask=in_bounds)
 
 
 def _strides(t: torch.Tensor):
@@ -263,6 +470,38 @@ def _elementwise_blocks(N: int, C: int, S: int, c_unit: bool):
         block_c = max(1, min(triton.next_power_of_2(C), 2048 // block_s))
     block_n = max(1, min(triton.next_power_of_2(N), (8192 if c_unit else 2048) // (block_c * block_s)))
     return block_n, block_c, block_s
+
+
+def _neuron_blocks(N: int, C: int, S: int, c_unit: bool, element_size: int):
+    """``(grid, num_g_blocks, num_c_blocks, constexprs)`` of the drop-neuron passes (as ``drop_neuron``'s)."""
+    lanes = min(8, 16 // element_size)  # one 16-byte vector
+    if S == 1:  # (N, C) input: the 8 neighbours are channels
+        tile, grouped = CHANNEL_GROUPS, C
+        block_g = min(triton.next_power_of_2(triton.cdiv(C, 8)), 256)
+        block_c = 1
+        block_n = max(1, min(triton.next_power_of_2(N), 256 // block_g))
+        vectors = block_n * block_g
+    elif c_unit:
+        tile, grouped, lanes = CHANNEL_VECTORS, S, 1
+        block_c = min(64, triton.next_power_of_2(C))
+        block_g = min(triton.next_power_of_2(triton.cdiv(S, 8)), max(1, 1024 // block_c))
+        block_n = max(1, min(triton.next_power_of_2(N), 1024 // (block_c * block_g)))
+        vectors = block_n * block_g * block_c * element_size // 16
+    else:
+        tile, grouped = ROW_GROUPS, S
+        block_g = min(triton.next_power_of_2(triton.cdiv(S, 8)), 256)
+        block_c = max(1, min(triton.next_power_of_2(C), 256 // block_g))
+        block_n = max(1, min(triton.next_power_of_2(N), 256 // (block_c * block_g)))
+        vectors = block_n * block_c * block_g
+    if grouped % 8:  # groups straddle calls and rows cannot be 16-byte aligned: one element per piece
+        lanes = 1  # (wider pieces make Triton 3.6 recompute the words per element)
+    num_g_blocks = triton.cdiv(triton.cdiv(grouped, 8), block_g)
+    num_c_blocks = 1 if tile == CHANNEL_GROUPS else triton.cdiv(C, block_c)
+    grid = (triton.cdiv(N, block_n) * num_c_blocks * num_g_blocks,)
+    # as many threads as 16-byte vectors in one piece: none computes another's Philox call
+    constexprs = dict(TILE=tile, ALIGNED=grouped % 8 == 0, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_G=block_g,
+                      LANES=lanes, num_warps=max(1, min(4, vectors // 32)))
+    return grid, num_g_blocks, num_c_blocks, constexprs
 
 
 def _drop_args(seed, p: float, drop: int, fallback_ptr: torch.Tensor):
@@ -293,6 +532,14 @@ def norm_act_drop_fwd_triton(x: torch.Tensor, tables, seed, p: float, act: bool,
     scale, shift = prepare(tables.scale), prepare(tables.shift)
     seed_ptr, threshold, dscale = _drop_args(seed, p, drop, scale)
     s_unit, c_unit = _unit_strides(src, dst)
+    if drop == 1:
+        grid, num_g_blocks, num_c_blocks, constexprs = _neuron_blocks(N, C, S, c_unit, x.element_size())
+        _norm_act_drop_neuron_fwd_kernel[grid](
+            src, dst, scale, shift, seed_ptr, N, C, S, *_strides(src), *_strides(dst), table_sn,
+            num_g_blocks, num_c_blocks, threshold, dscale,
+            ACT=act, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **constexprs,
+        )
+        return out
     block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
     num_s_blocks, num_c_blocks = triton.cdiv(S, block_s), triton.cdiv(C, block_c)
     grid = (triton.cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
@@ -350,6 +597,14 @@ def norm_act_drop_bwd_dx_triton(grad: torch.Tensor, x: torch.Tensor, tables, k2,
     k2, k3 = (prepare(k2), prepare(k3)) if coupled else (scale, scale)
     seed_ptr, threshold, dscale = _drop_args(seed, p, drop, scale)
     s_unit, c_unit = _unit_strides(src, dy, dst)
+    if drop == 1:
+        grid, num_g_blocks, num_c_blocks, constexprs = _neuron_blocks(N, C, S, c_unit, x.element_size())
+        _norm_act_drop_neuron_bwd_dx_kernel[grid](
+            src, dy, dst, scale, shift, mean, invstd, k2, k3, seed_ptr, N, C, S, *_strides(src), *_strides(dy),
+            *_strides(dst), table_sn, num_g_blocks, num_c_blocks, threshold, dscale,
+            ACT=act, COUPLED=coupled, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **constexprs,
+        )
+        return dx
     block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
     num_s_blocks, num_c_blocks = triton.cdiv(S, block_s), triton.cdiv(C, block_c)
     grid = (triton.cdiv(N, block_n) * num_c_blocks * num_s_blocks,)

@@ -27,7 +27,8 @@ TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", t
 KERNELS = [(drop_neuron, "_drop_neuron_flat_kernel"), (drop_neuron, "_drop_neuron_channels_last_kernel"),
            (unit_gate, "_unit_gate_kernel"), (drop_layer, "_drop_layer_kernel"),
            (norm_stats, "_partial_moments_kernel"), (norm_act_drop, "_norm_act_drop_fwd_kernel"),
-           (norm_act_drop, "_norm_act_drop_bwd_sums_kernel"), (norm_act_drop, "_norm_act_drop_bwd_dx_kernel")]
+           (norm_act_drop, "_norm_act_drop_bwd_sums_kernel"), (norm_act_drop, "_norm_act_drop_bwd_dx_kernel"),
+           (norm_act_drop, "_norm_act_drop_neuron_fwd_kernel"), (norm_act_drop, "_norm_act_drop_neuron_bwd_dx_kernel")]
 
 
 class Capture:
@@ -150,6 +151,7 @@ NORM_OPS = {
     "bn_neuron": dict(p=0.2, seed=1, drop_type="neuron"),
     "bn_eval": dict(training=False),
     "gn_channel": dict(p=0.2, seed=1, norm="gn", num_groups=8),
+    "gn_neuron": dict(p=0.2, seed=1, norm="gn", num_groups=8, drop_type="neuron"),
 }
 
 
@@ -180,7 +182,7 @@ def test_norm_act_drop_launches_compile_with_128bit_element_access(launches, cas
     are the only narrower loads, and only in NCHW (one constant serves a whole row there)."""
     x = torch.randn(8, 64, 16, 16, dtype=dtype)
     _run_norm(case, x.to(memory_format=torch.channels_last) if channels_last else x)
-    names = {fn.__name__ for fn, _, _ in launches}
+    names = {fn.__name__.replace("_neuron", "") for fn, _, _ in launches}  # drop-neuron has its own passes
     assert {"_partial_moments_kernel", "_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"} <= names
     for fn, args, kwargs in launches:
         ptx = compile_launch(fn, args, kwargs).asm["ptx"]
@@ -189,7 +191,7 @@ def test_norm_act_drop_launches_compile_with_128bit_element_access(launches, cas
         assert element_loads, (fn.__name__, loads)
         if channels_last:  # channels are the vector axis: the tables are vectors too
             assert all(".v4." in op for op in loads), (fn.__name__, loads)
-        if fn.__name__ in ("_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"):
+        if fn.__name__.replace("_neuron", "") in ("_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"):
             assert stores and all(".v4." in op for op in stores), (fn.__name__, stores)
 
 
@@ -203,3 +205,35 @@ def test_norm_act_drop_awkward_launches_compile(launches, case, shape, channels_
     _run_norm(case, x.to(memory_format=torch.channels_last) if channels_last else x)
     for fn, args, kwargs in launches:
         assert compile_launch(fn, args, kwargs).asm["cubin"]
+
+
+def _elements_per_program(bound):
+    """Elements of one program's tile: every BLOCK_* extent (a BLOCK_G group holds 8 elements)."""
+    elements = 1
+    for key, value in bound.items():
+        if key.startswith("BLOCK_"):
+            elements *= value * (8 if key == "BLOCK_G" else 1)
+    return elements
+
+
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+@pytest.mark.parametrize("channels_last", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(8, 64, 16, 16), (8, 64, 7, 7), (64, 96)])
+def test_norm_act_drop_neuron_runs_each_philox_call_once(launches, norm, channels_last, dtype, shape):
+    """The fused drop-neuron passes draw as the standalone op does: one Philox call per 8 logical elements,
+    made by one thread (two when a group of 8 straddles two calls: H * W, or C for 2-d input, not a multiple of 8)."""
+    x = torch.randn(shape, dtype=dtype)
+    _run_norm("gn_neuron" if norm == "gn" else "bn_neuron", x.to(memory_format=torch.channels_last)
+              if channels_last and x.dim() == 4 else x)
+    checked = set()
+    for fn, args, kwargs in launches:
+        bound = dict(zip(fn.arg_names, args), **kwargs)
+        if "seed_ptr" not in bound or "sums" in fn.__name__:  # the apply and input-gradient passes
+            continue
+        calls = _elements_per_program(bound) // 8 * (1 if bound.get("ALIGNED", True) else 2)
+        calls_per_thread = max(1, calls // (32 * bound["num_warps"]))
+        high_products = compile_launch(fn, args, kwargs).asm["ptx"].count("mul.hi")
+        assert high_products <= 2 * 10 * calls_per_thread, (fn.__name__, high_products, calls_per_thread)
+        checked.add(fn.__name__)
+    assert len(checked) >= 2, checked  # the apply pass and the input-gradient pass

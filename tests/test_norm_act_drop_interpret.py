@@ -124,6 +124,26 @@ def grads_of(fn, x, weight, bias, grad):
     return [out.detach(), x.grad, weight.grad, bias.grad]
 
 
+@pytest.mark.parametrize("shape", [(2, 6, 4, 4), (2, 3, 5, 7), (3, 24), (4, 30)])
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("norm,num_groups,batch_stats", [("bn", None, True), ("bn", None, False), ("gn", 3, True)])
+def test_neuron_groups_aligned_and_straddling(shape, layout, norm, num_groups, batch_stats):
+    """8 logical neighbours share a Philox call: groups start on a call (H * W or, for 2-d input, C a
+    multiple of 8) or straddle two. Output bit-identical, mask the standalone op's, gradients close."""
+    x, weight, bias = make_inputs(shape, layout=layout)
+    grad = nonzero_randn(x.shape, layout=layout, generator_seed=9)
+    mean, var = _stats_for(x, norm, num_groups)
+    results = [grads_of(lambda a, w, b: torch.ops.effdrop.norm_act_drop(
+        a, w, b, mean, var, torch.tensor(31), num_groups or 0, batch_stats, 1e-5, False, 1, 0.5, use),
+        x, weight, bias, grad) for use in (False, True)]
+    assert torch.equal(results[1][0], results[0][0])
+    with ed.use_backend("triton"):
+        standalone = ed.drop_neuron(torch.ones_like(x), 0.5, seed=31)
+    assert torch.equal(results[1][0] == 0, standalone == 0)
+    for a, b in zip(results[1][1:], results[0][1:]):
+        torch.testing.assert_close(a, b, **TIGHT)
+
+
 @pytest.mark.parametrize("norm,num_groups,batch_stats", [("bn", None, True), ("bn", None, False), ("gn", 3, True)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("drop", [0, 1, 2])
