@@ -105,8 +105,14 @@ def pytest_collection_modifyitems(config, items):
     def rank(item):
         params = getattr(getattr(item, "callspec", None), "params", {})
         key, pass_ = (params.get("shape"), params.get("dtype")), params.get("pass_")
-        return (PRIORITY.index(key) if key in PRIORITY else len(PRIORITY),
+        grid = (PRIORITY.index(key) if key in PRIORITY else len(PRIORITY),
                 PASS_PRIORITY.index(pass_) if pass_ in PASS_PRIORITY else len(PASS_PRIORITY))
+        if key[0] is not None:
+            return grid
+        # no shape (a training step): after the grid, bf16 first, eager providers before compiled ones
+        dtypes = [d for pair in PRIORITY for d in pair[1:]]
+        return (*grid, dtypes.index(key[1]) if key[1] in dtypes else len(dtypes),
+                str(params.get("provider", "")).endswith("_compile"))
 
     items.sort(key=rank)  # stable: the providers of one case stay together, in file order
 

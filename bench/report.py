@@ -18,7 +18,10 @@ saves for backward and, on CUDA, the peak allocated during one forward+backward 
 its inputs, with baseline / package ratios.
 
 A group whose records carry ``images`` (a training step, op ``e2e``) shows images/s
-instead of GB/s and its absolute peak memory. ``--plot`` (default: beside ``--out``, same
+instead of GB/s, the bytes one forward saves for backward when recorded, and its absolute
+peak memory. Its package providers are ``effdrop`` and ``effdrop_compile``; a record's
+``reference`` names the baseline it is compared with when that is not the first one (the
+compiled package model against the compiled twin). ``--plot`` (default: beside ``--out``, same
 name, ``.png``) draws the forward+backward speed-ups and the memory ratios as bars; it
 needs matplotlib (``pip install -e ".[bench]"``) and is skipped with a note otherwise.
 ``--headline`` prints only the headline table.
@@ -32,9 +35,9 @@ import math
 import os
 import sys
 
-PACKAGE = ("torch", "triton")
+PACKAGE = ("torch", "triton", "effdrop", "effdrop_compile")  # op backends; training-step providers
 ORDER = {  # display order; values not listed follow, in the order they appear
-    "op": ("drop_neuron", "drop_channel", "drop_path", "drop_layer", "norm_act_drop", "e2e"),
+    "op": ("drop_neuron", "drop_channel", "drop_path", "drop_layer", "norm_act_drop", "norm_act_drop_eval", "e2e"),
     "shape_name": ("small", "cpu4m", "cifar", "large"),
     "dtype": ("fp32", "bf16", "fp16"),
     "pass": ("fwd", "bwd", "fwdbwd"),
@@ -112,6 +115,17 @@ def columns(rows: dict) -> tuple:
     baselines = [b for b in dict.fromkeys(listed) if b in seen]
     baselines += [p for p in dict.fromkeys(seen) if p not in PACKAGE and p not in baselines]
     return baselines, baselines + [p for p in PACKAGE if p in seen]
+
+
+def references(rows: dict, package, default) -> dict:
+    """The baseline each package provider of a group is compared with: the ``reference`` its records
+    name when that provider ran, else ``default`` (the group's first baseline)."""
+    seen = {p for by_provider in rows.values() for p in by_provider}
+    refs = {}
+    for p in package:
+        named = [r.get("reference") for by_provider in rows.values() for q, r in by_provider.items() if q == p]
+        refs[p] = next((n for n in named if n in seen), default)
+    return refs
 
 
 def is_throughput(rows: dict) -> bool:
@@ -196,10 +210,12 @@ def headline_rows(recs: list) -> tuple:
     ops, steps = [], []
     for op, rows in group(recs).items():
         baselines, providers = columns(rows)
-        package = [p for p in ("triton", "torch") if p in providers]  # the GPU path when it ran, else the fallback
+        # the GPU path when it ran, else the fallback; for a training step the eager package model
+        package = [p for p in ("triton", "torch", "effdrop") if p in providers]
         if not baselines or not package:
             continue
-        reference, provider = baselines[0], package[0]
+        provider = package[0]
+        reference = references(rows, [provider], baselines[0])[provider]
         pairs = list(dict.fromkeys((s, d) for (s, d, _) in rows))
         shown = [pair for pair in HEADLINE if pair in pairs] or pairs[:1]
         for shape, dtype in shown:
@@ -213,7 +229,7 @@ def headline_rows(recs: list) -> tuple:
                 continue
             by_pass = {pass_: rows.get((shape, dtype, pass_), {}) for pass_ in ORDER["pass"]}
             ups = [_times(speedup(by_pass[pass_], reference, provider)) for pass_ in ORDER["pass"]]
-            last = by_pass["fwdbwd"].get(provider)
+            last = by_pass["fwdbwd"].get(provider) or rows[(shape, dtype, _shown_pass(rows, shape, dtype))].get(provider)
             saved_mine = _first("saved_bytes", [r.get(provider) for r in by_pass.values() if r.get(provider)])
             saved_theirs = _first("saved_bytes", [r.get(reference) for r in by_pass.values() if r.get(reference)])
             saved = "–" if saved_mine is None or saved_theirs is None else \
@@ -241,14 +257,16 @@ def op_section(rows: dict, stat: str) -> list:
     baselines, providers = columns(rows)
     reference = baselines[0] if baselines else None
     package = [p for p in PACKAGE if p in providers] if reference else []
+    refs = references(rows, package, reference)
     throughput = is_throughput(rows)
     lines = []
     if reference:
         rate = "images/s" if throughput else "GB/s, % of copy bandwidth"
+        others = "".join(f"; {p} against {refs[p]}" for p in package if refs[p] != reference)
         lines += [f"{stat.capitalize()} time ({rate}) per provider; speed-up = {reference} time / provider"
-                  " time (> 1: this package is faster).", ""]
+                  f" time (> 1: this package is faster){others}.", ""]
     body = [[shape, dtype, pass_, *(_cell(by_provider.get(p)) for p in providers),
-             *(_times(speedup(by_provider, reference, p)) for p in package)]
+             *(_times(speedup(by_provider, refs[p], p)) for p in package)]
             for (shape, dtype, pass_), by_provider in rows.items()]
     lines += _table(["shape", "dtype", "pass", *providers, *(f"speed-up {p}" for p in package)], body)
 
@@ -256,7 +274,9 @@ def op_section(rows: dict, stat: str) -> list:
     # peak is that of the heaviest pass (fwd+bwd; the step), above the inputs for an op
     peak_key = "peak_mem_bytes" if throughput else "peak_over_inputs_bytes"
     has_peak = any(r.get(peak_key) is not None for by_provider in rows.values() for r in by_provider.values())
-    if throughput and not has_peak:
+    has_saved = not throughput or any(r.get("saved_bytes") is not None for by_provider in rows.values()
+                                      for r in by_provider.values())
+    if not has_saved and not has_peak:
         return lines
     memory = []
     for shape, dtype in dict.fromkeys((s, d) for (s, d, _) in rows):
@@ -265,18 +285,19 @@ def op_section(rows: dict, stat: str) -> list:
         saved = {p: _first("saved_bytes", [r[p] for r in same if p in r]) for p in providers}
         cells = []
         for p in providers:
-            parts = [] if throughput else [_bytes((saved[p] or {}).get("saved_bytes"))]
+            parts = [_bytes((saved[p] or {}).get("saved_bytes"))] if has_saved else []
             if has_peak:
                 parts.append(_bytes((heaviest.get(p) or {}).get(peak_key)))
             cells.append(" / ".join(parts))
-        ratios = [] if throughput else [_times(memory_ratio(saved.get(reference), saved[p], "saved_bytes"))
-                                        for p in package]
+        ratios = [_times(memory_ratio(saved.get(refs[p]), saved[p], "saved_bytes")) for p in package] if has_saved else []
         if has_peak:
-            ratios += [_times(memory_ratio(heaviest.get(reference), heaviest.get(p), peak_key)) for p in package]
+            ratios += [_times(memory_ratio(heaviest.get(refs[p]), heaviest.get(p), peak_key)) for p in package]
         memory.append([shape, dtype, *cells, *ratios])
-    names = ([] if throughput else [f"saved {p}" for p in package]) + ([f"peak {p}" for p in package] if has_peak else [])
+    names = ([f"saved {p}" for p in package] if has_saved else []) + ([f"peak {p}" for p in package] if has_peak else [])
     if throughput:
-        title = "Peak memory allocated during one step; peak ratio = baseline / provider (> 1: this package needs less):"
+        title = (("Saved for backward by one forward" + (" / peak" if has_peak else "") if has_saved else "Peak")
+                 + (" memory allocated during one step" if has_peak else "")
+                 + "; ratios = baseline / provider (> 1: this package needs less):")
     else:
         title = ("Saved for backward by one forward" + (" / peak allocated during one fwd+bwd above its inputs"
                                                        if has_peak else "")
@@ -300,6 +321,10 @@ def to_markdown(recs: list, stat: str = "median", meta=(), chart=None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _series(provider: str) -> str:
+    return f"{provider} backend" if provider in ("torch", "triton") else provider
+
+
 def plot(recs: list, path: str) -> bool:
     """Bars of the package's forward+backward (or training step) speed-ups over each op's first baseline, and of
     its memory ratios (saved for backward; peak on CUDA); False when matplotlib is missing."""
@@ -316,24 +341,25 @@ def plot(recs: list, path: str) -> bool:
         baselines, providers = columns(rows)
         if not baselines:
             continue
-        reference = baselines[0]
+        refs = references(rows, PACKAGE, baselines[0])
         throughput = is_throughput(rows)
         for shape, dtype in dict.fromkeys((s, d) for (s, d, _) in rows):
             row = rows[(shape, dtype, _shown_pass(rows, shape, dtype))]
             label = f"{op}\n{shape} {dtype}"
             for p in PACKAGE:
                 if p in row:
+                    reference = refs[p]
                     speed[p][label] = speedup(row, reference, p)
                     for key, name in (("saved_bytes", "saved for backward"), ("peak_mem_bytes" if throughput else
                                                                              "peak_over_inputs_bytes", "peak")):
                         x = memory_ratio(row.get(reference), row[p], key)
                         if x is not None:
-                            memory.setdefault(f"{p} backend: {name}", {})[label] = x
+                            memory.setdefault(f"{_series(p)}: {name}", {})[label] = x
     labels = list(dict.fromkeys(label for bars in speed.values() for label in bars))
     if not labels:
         return False
     fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.55 * len(labels) + 2), 8.5))
-    speed = {f"{p} backend": bars for p, bars in speed.items() if bars}
+    speed = {_series(p): bars for p, bars in speed.items() if bars}
     for ax, series, title in ((axes[0], speed, "speed-up (fwd+bwd or step)"),
                               (axes[1], memory, "memory ratio (baseline / provider)")):
         width = 0.8 / max(1, len(series))

@@ -177,3 +177,36 @@ def test_norm_act_drop_baseline_is_the_reference():
     assert list(rows) == ["drop_layer", "norm_act_drop"]
     assert report.columns(rows["norm_act_drop"]) == (["eager_bn_relu_dropout2d"], ["eager_bn_relu_dropout2d", "torch"])
     assert report.speedup(rows["norm_act_drop"][("small", "fp32", "fwd")], "eager_bn_relu_dropout2d", "torch") == 1.5
+
+
+def test_training_step_providers_and_references():
+    """bench/test_bench_e2e.py's providers: effdrop against torch_modules, effdrop_compile against
+    torch_modules_compile (its record's reference); saved-for-backward bytes shown without a CUDA peak."""
+    def step(provider, seconds, saved, reference=None):
+        return _bench(provider, seconds, pass_="step", op="e2e", baselines=["torch_modules", "torch_modules_compile"],
+                      shape_name="wrn10_2-b8", bytes_moved=None, saved_bytes=saved, images=8, reference=reference)
+
+    docs = [step("effdrop", 0.1, 2**20, "torch_modules"), step("effdrop_compile", 0.05, 2**20, "torch_modules_compile"),
+            step("torch_modules", 0.2, 2**22), step("torch_modules_compile", 0.04, 2**21)]
+    recs = report.records({"benchmarks": docs}, "mean")
+    assert report.columns(report.group(recs)["e2e"]) == (
+        ["torch_modules", "torch_modules_compile"],
+        ["torch_modules", "torch_modules_compile", "effdrop", "effdrop_compile"])
+    text = report.to_markdown(recs, "mean")
+    assert "speed-up = torch_modules time / provider time (> 1: this package is faster); effdrop_compile against " \
+           "torch_modules_compile." in text
+    # 0.2 / 0.1 = 2x; 0.04 / 0.05 = 0.8x
+    assert "| wrn10_2-b8 | fp32 | step | 200 ms (40 img/s) | 40 ms (200 img/s) | 100 ms (80 img/s) | " \
+           "50 ms (160 img/s) | 2.00× | 0.80× |" in text
+    assert "| wrn10_2-b8 | fp32 | 4 MiB | 2 MiB | 1 MiB | 1 MiB | 4.00× | 2.00× |" in text
+    assert "| e2e | wrn10_2-b8 | fp32 | effdrop vs torch_modules | 100 ms (80 img/s) | **2.00×** | – vs – | – |" in text
+
+
+def test_eval_op_forward_only():
+    docs = [_bench(p, t, op="norm_act_drop_eval", baselines=["eager_bn_relu_dropout2d"], saved_bytes=0)
+            for p, t in (("torch", 2e-3), ("eager_bn_relu_dropout2d", 3e-3))]
+    rows = report.group(report.records({"benchmarks": docs + DATA["benchmarks"][:4]}, "mean"))
+    assert list(rows) == ["drop_layer", "norm_act_drop_eval"]
+    text = report.to_markdown(report.records({"benchmarks": docs}, "mean"), "mean")
+    # fwd only: the headline's rate column falls back to the forward's
+    assert "| norm_act_drop_eval | small | fp32 | torch | `eager_bn_relu_dropout2d` | 1.50× | – | **–** | 1.5 GB/s |" in text
