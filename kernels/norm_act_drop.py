@@ -16,6 +16,7 @@ import triton.language as tl
 from effdrop_triton._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor
 from effdrop_triton.philox import keep_scale, neuron_threshold, unit_threshold
 
+from . import norm_stats
 from .norm_stats import stats_blocks
 from .philox import STREAM_CHANNEL, STREAM_NEURON, philox_words, select_half_word, unit_keep
 
@@ -41,13 +42,6 @@ def _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, in_bounds,
         scale = scale * dscale
         shift = shift * dscale
     return scale, shift, keep
-
-
-@triton.jit
-def _neuron_keep(seed_ptr, index, threshold):
-    """Drop-neuron keep decision of the elements at logical indices ``index`` (int64)."""
-    w0, w1, w2, w3 = philox_words(tl.load(seed_ptr), index >> 3, STREAM_NEURON)
-    return select_half_word(w0, w1, w2, w3, (index & 7).to(tl.int32)) < threshold
 
 
 @triton.jit
@@ -138,7 +132,7 @@ def _norm_act_drop_bwd_sums_kernel(
     threshold,
     dscale,
     ACT: tl.constexpr,
-    DROP: tl.constexpr,
+    DROP: tl.constexpr,  # 0 none or 2 channel (drop-neuron runs in _norm_act_drop_neuron_bwd_sums_kernel)
     S_UNIT_STRIDE: tl.constexpr,
     C_UNIT_STRIDE: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -170,10 +164,7 @@ def _norm_act_drop_bwd_sums_kernel(
         in_bounds = c_in_bounds & (s < S)
         x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=in_bounds, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc + s * dy_ss, mask=in_bounds, other=0.0).to(tl.float32)
-        gate = keep
-        if DROP == DROP_NEURON:
-            gate = _neuron_keep(seed_ptr, (n * C + c) * S + s, threshold)
-        dz = _grad_at_affine(x, dy, scale, shift, gate, dscale, ACT)
+        dz = _grad_at_affine(x, dy, scale, shift, keep, dscale, ACT)
         dz = tl.where(in_bounds, dz, 0.0)
         acc_dz += dz
         acc_dz_xhat += dz * ((x - mean) * invstd)
@@ -256,6 +247,13 @@ def _neuron_tile(C, S, num_g_blocks, num_c_blocks, TILE: tl.constexpr, BLOCK_N: 
     g_block = pid % num_g_blocks
     c_block = (pid // num_g_blocks) % num_c_blocks
     n_block = pid // (num_g_blocks * num_c_blocks)
+    return _neuron_tile_at(n_block, c_block, g_block, C, S, TILE, BLOCK_N, BLOCK_C, BLOCK_G)
+
+
+@triton.jit
+def _neuron_tile_at(n_block, c_block, g_block, C, S, TILE: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_C: tl.constexpr, BLOCK_G: tl.constexpr):
+    """``_neuron_tile`` of the tile at block indices ``(n_block, c_block, g_block)``."""
     if TILE == ROW_GROUPS:
         t = tl.arange(0, BLOCK_N * BLOCK_C * BLOCK_G)[:, None]  # [T, 1]: one group per row
         n = n_block * BLOCK_N + t // (BLOCK_C * BLOCK_G)
@@ -448,6 +446,111 @@ def _norm_act_drop_neuron_bwd_dx_kernel(
         tl.store(dx_ptr + n * dx_sn + c * dx_sc + s * dx_ss, dx.to(dx_ptr.dtype.element_ty), mask=in_bounds)
 
 
+@triton.jit
+def _norm_act_drop_neuron_bwd_sums_kernel(
+    x_ptr,  # (N, C, S) strided input of the forward pass
+    dy_ptr,  # (N, C, S) strided gradient of the output
+    sum_dz_ptr,  # (N, C, K) fp32 output: sum of dz over each chunk of groups (K = 1 for CHANNEL_GROUPS)
+    sum_dz_xhat_ptr,  # (N, C, K) fp32 output: sum of dz * xhat over each chunk
+    scale_ptr,  # (1 or N, C) fp32 weight * invstd
+    shift_ptr,  # (1 or N, C) fp32 bias - mean * weight * invstd
+    mean_ptr,  # (1 or N, C) fp32 mean
+    invstd_ptr,  # (1 or N, C) fp32 1 / sqrt(var + eps)
+    seed_ptr,  # () int64 seed
+    N, C, S,
+    x_sn, x_sc, x_ss,
+    dy_sn, dy_sc, dy_ss,
+    table_sn,
+    num_c_blocks,
+    num_chunks,  # programs along the grouped axis (K, except for CHANNEL_GROUPS, whose K is 1)
+    blocks_per_chunk,  # BLOCK_G blocks of groups per program (1 for CHANNEL_GROUPS; blocks past the end are masked)
+    threshold,  # keep when the 16-bit number is below this
+    dscale,  # fp32 1 / (1 - p)
+    ACT: tl.constexpr,
+    TILE: tl.constexpr,  # ROW_GROUPS, CHANNEL_VECTORS or CHANNEL_GROUPS (tiles of _neuron_tile)
+    ALIGNED: tl.constexpr,
+    S_UNIT_STRIDE: tl.constexpr,
+    C_UNIT_STRIDE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    LANES: tl.constexpr,
+):
+    pid = tl.program_id(0).to(tl.int64)
+    k = pid % num_chunks
+    c_block = (pid // num_chunks) % num_c_blocks
+    n_block = pid // (num_chunks * num_c_blocks)
+    if S_UNIT_STRIDE:
+        x_ss = 1
+        dy_ss = 1
+    if C_UNIT_STRIDE:
+        x_sc = 1
+        dy_sc = 1
+    if TILE == CHANNEL_GROUPS:  # S == 1: every element is its own (sample, channel), so nothing to reduce
+        n, c_group, g, first = _neuron_tile_at(n_block, c_block, k, C, S, TILE, BLOCK_N, BLOCK_C, BLOCK_G)
+        a0, a1, a2, a3, b0, b1, b2, b3 = _neuron_words(seed_ptr, first, ALIGNED)
+        for piece in tl.static_range(8 // LANES):
+            c, s, j = _neuron_piece(c_group, g, piece, TILE, LANES)
+            in_bounds = (n < N) & (c < C)
+            scale, shift, _ = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, in_bounds,
+                                             threshold, dscale, DROP_NEURON)
+            mean = tl.load(mean_ptr + n * table_sn + c, mask=in_bounds, other=0.0)
+            invstd = tl.load(invstd_ptr + n * table_sn + c, mask=in_bounds, other=0.0)
+            x = tl.load(x_ptr + n * x_sn + c * x_sc, mask=in_bounds, other=0.0).to(tl.float32)
+            dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc, mask=in_bounds, other=0.0).to(tl.float32)
+            keep = _group_keep(a0, a1, a2, a3, b0, b1, b2, b3, first, j, threshold, ALIGNED)
+            dz = tl.where(in_bounds, _grad_at_affine(x, dy, scale, shift, keep, dscale, ACT), 0.0)
+            tl.store(sum_dz_ptr + n * C + c, dz, mask=in_bounds)
+            tl.store(sum_dz_xhat_ptr + n * C + c, dz * ((x - mean) * invstd), mask=in_bounds)
+    else:
+        # a group's elements share a (sample, channel): its constants load once per program
+        n, c, g, first = _neuron_tile_at(n_block, c_block, k * blocks_per_chunk, C, S, TILE, BLOCK_N, BLOCK_C,
+                                         BLOCK_G)
+        nc_in_bounds = (n < N) & (c < C)
+        # (named throwaways below: a `_` reassigned in the loop would be a loop-carried value changing type)
+        scale, shift, always_kept = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, nc_in_bounds,
+                                                    threshold, dscale, DROP_NEURON)
+        mean = tl.load(mean_ptr + n * table_sn + c, mask=nc_in_bounds, other=0.0)
+        invstd = tl.load(invstd_ptr + n * table_sn + c, mask=nc_in_bounds, other=0.0)
+        if TILE == CHANNEL_VECTORS:  # [groups, channels]
+            acc_dz = tl.zeros([BLOCK_N * BLOCK_G, BLOCK_C], dtype=tl.float32)
+        else:  # [groups, lanes]
+            acc_dz = tl.zeros([BLOCK_N * BLOCK_C * BLOCK_G, LANES], dtype=tl.float32)
+        acc_dz_xhat = tl.zeros_like(acc_dz)
+        i = 0
+        while i < blocks_per_chunk:  # a while loop: Triton 3.6's interpreter cannot take a runtime range bound
+            n_again, c_again, g, first = _neuron_tile_at(n_block, c_block, k * blocks_per_chunk + i, C, S, TILE,
+                                                       BLOCK_N, BLOCK_C, BLOCK_G)
+            a0, a1, a2, a3, b0, b1, b2, b3 = _neuron_words(seed_ptr, first, ALIGNED)
+            # a thread holds its groups' pieces, so each Philox call runs once (in one thread)
+            for piece in tl.static_range(8 // LANES):
+                c_again, s, j = _neuron_piece(c, g, piece, TILE, LANES)
+                in_bounds = nc_in_bounds & (s < S)
+                x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=in_bounds, other=0.0).to(tl.float32)
+                dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc + s * dy_ss, mask=in_bounds, other=0.0).to(tl.float32)
+                keep = _group_keep(a0, a1, a2, a3, b0, b1, b2, b3, first, j, threshold, ALIGNED)
+                dz = tl.where(in_bounds, _grad_at_affine(x, dy, scale, shift, keep, dscale, ACT), 0.0)
+                acc_dz += dz
+                acc_dz_xhat += dz * ((x - mean) * invstd)
+            i += 1
+        # rows of the accumulators are groups (n, c, g) for ROW_GROUPS, (n, g) for CHANNEL_VECTORS: sum the g
+        if TILE == ROW_GROUPS:
+            sum_dz = tl.sum(tl.reshape(tl.sum(acc_dz, axis=1), [BLOCK_N * BLOCK_C, BLOCK_G]), axis=1)
+            sum_dz_xhat = tl.sum(tl.reshape(tl.sum(acc_dz_xhat, axis=1), [BLOCK_N * BLOCK_C, BLOCK_G]), axis=1)
+            rows = tl.arange(0, BLOCK_N * BLOCK_C)
+            n_out = n_block * BLOCK_N + rows // BLOCK_C  # [BN * BC]
+            c_out = c_block * BLOCK_C + rows % BLOCK_C
+        else:
+            sum_dz = tl.sum(tl.reshape(acc_dz, [BLOCK_N, BLOCK_G, BLOCK_C]), axis=1)
+            sum_dz_xhat = tl.sum(tl.reshape(acc_dz_xhat, [BLOCK_N, BLOCK_G, BLOCK_C]), axis=1)
+            n_out = n_block * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]  # [BN, 1]
+            c_out = c_block * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]  # [1, BC]
+        out = (n_out * C + c_out) * num_chunks + k
+        out_in_bounds = (n_out < N) & (c_out < C)
+        tl.store(sum_dz_ptr + out, sum_dz, mask=out_in_bounds)
+        tl.store(sum_dz_xhat_ptr + out, sum_dz_xhat, mask=out_in_bounds)
+
+
 def _strides(t: torch.Tensor):
     return t.stride(0), t.stride(1), t.stride(2)
 
@@ -561,6 +664,28 @@ def _grad_view(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def _neuron_bwd_sums(src, dy, scale, shift, mean, invstd, seed_ptr, table_sn: int, threshold: int, dscale: float,
+                     act: bool, s_unit: bool, c_unit: bool, element_size: int):
+    """Drop-neuron sums on the tiles of the other drop-neuron passes; a program walks a chunk of group blocks."""
+    N, C, S = src.shape
+    _, num_g_blocks, num_c_blocks, constexprs = _neuron_blocks(N, C, S, c_unit, element_size)
+    rows = triton.cdiv(N, constexprs["BLOCK_N"]) * num_c_blocks
+    if constexprs["TILE"] == CHANNEL_GROUPS:  # S == 1: a program's sums are its elements, one chunk
+        num_chunks, blocks_per_chunk, out_chunks = num_g_blocks, 1, 1
+    else:
+        chunks = max(1, min(num_g_blocks, triton.cdiv(norm_stats._TARGET_PROGRAMS, rows)))
+        blocks_per_chunk = triton.cdiv(num_g_blocks, chunks)
+        num_chunks = out_chunks = triton.cdiv(num_g_blocks, blocks_per_chunk)
+    sum_dz = torch.empty((N, C, out_chunks), dtype=torch.float32, device=src.device)
+    sum_dz_xhat = torch.empty_like(sum_dz)
+    _norm_act_drop_neuron_bwd_sums_kernel[(rows * num_chunks,)](
+        src, dy, sum_dz, sum_dz_xhat, scale, shift, mean, invstd, seed_ptr, N, C, S, *_strides(src), *_strides(dy),
+        table_sn, num_c_blocks, num_chunks, blocks_per_chunk, threshold, dscale,
+        ACT=act, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **constexprs,
+    )
+    return sum_dz.sum(2), sum_dz_xhat.sum(2)
+
+
 def norm_act_drop_bwd_sums_triton(grad: torch.Tensor, x: torch.Tensor, tables, seed, p: float, act: bool, drop: int):
     """Per-(sample, channel) sums of ``dz`` and ``dz * xhat``, each (N, C) fp32."""
     src, dy = as_ncs(x), as_ncs(_grad_view(grad, x))
@@ -570,6 +695,9 @@ def norm_act_drop_bwd_sums_triton(grad: torch.Tensor, x: torch.Tensor, tables, s
     mean, invstd = prepare(tables.mean), prepare(tables.invstd)
     seed_ptr, threshold, dscale = _drop_args(seed, p, drop, scale)
     s_unit, c_unit = _unit_strides(src, dy)
+    if drop == 1:
+        return _neuron_bwd_sums(src, dy, scale, shift, mean, invstd, seed_ptr, table_sn, threshold, dscale, act,
+                                s_unit, c_unit, x.element_size())
     block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
     num_chunks, num_c_blocks = triton.cdiv(S, chunk), triton.cdiv(C, block_c)
     sum_dz = torch.empty((N, C, num_chunks), dtype=torch.float32, device=x.device)

@@ -144,6 +144,29 @@ def test_neuron_groups_aligned_and_straddling(shape, layout, norm, num_groups, b
         torch.testing.assert_close(a, b, **TIGHT)
 
 
+@pytest.mark.parametrize("norm,num_groups", [("bn", None), ("gn", 2)])
+@pytest.mark.parametrize("shape,layout", [((1, 2, 1, 3001), "contiguous"), ((1, 2, 1, 9000), "channels_last")])
+def test_neuron_sums_merge_chunks_and_blocks(monkeypatch, norm, num_groups, shape, layout):
+    """Drop-neuron weight/bias sums over long rows: several chunks (programs) and several group blocks in
+    one program, with groups of 8 straddling two Philox calls (S % 8 != 0) or starting on one."""
+    from effdrop_triton.kernels import norm_stats
+
+    x, weight, bias = make_inputs(shape, layout=layout)
+    grad = nonzero_randn(x.shape, layout=layout, generator_seed=9)
+    mean, var = _stats_for(x, norm, num_groups)
+
+    def run(use):
+        return grads_of(lambda a, w, b: torch.ops.effdrop.norm_act_drop(
+            a, w, b, mean, var, torch.tensor(13), num_groups or 0, True, 1e-5, True, 1, 0.5, use),
+            x, weight, bias, grad)
+
+    reference = run(False)
+    for target in (1024, 1):  # one group block per chunk / one chunk of every block
+        monkeypatch.setattr(norm_stats, "_TARGET_PROGRAMS", target)
+        for a, b in zip(run(True), reference):
+            torch.testing.assert_close(a, b, **TIGHT)
+
+
 @pytest.mark.parametrize("norm,num_groups,batch_stats", [("bn", None, True), ("bn", None, False), ("gn", 3, True)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("drop", [0, 1, 2])
