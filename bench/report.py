@@ -358,7 +358,7 @@ def plot(recs: list, path: str) -> bool:
     labels = list(dict.fromkeys(label for bars in speed.values() for label in bars))
     if not labels:
         return False
-    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.55 * len(labels) + 2), 8.5))
+    fig, axes = plt.subplots(2, 1, figsize=(max(7.0, 0.8 * len(labels) + 2), 8.5))
     speed = {_series(p): bars for p, bars in speed.items() if bars}
     for ax, series, title in ((axes[0], speed, "speed-up (fwd+bwd or step)"),
                               (axes[1], memory, "memory ratio (baseline / provider)")):
@@ -371,7 +371,7 @@ def plot(recs: list, path: str) -> bool:
         values = [v for bars in series.values() for v in bars.values() if v]
         if values and (max(values) / min(values) > 20):
             ax.set_yscale("log")  # bytes-saved ratios span orders of magnitude
-        ax.set_xticks(range(len(labels)), labels, fontsize=7)
+        ax.set_xticks(range(len(labels)), labels, fontsize=7, rotation=30, ha="right", rotation_mode="anchor")
         ax.set_ylabel(title)
         ax.grid(axis="y", alpha=0.3)
         if series:
