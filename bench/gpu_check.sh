@@ -183,7 +183,7 @@ if [ "$DRY" = 1 ]; then
 else
     # about 350 cases; time each for budget/1000 s (0.2 s at the default), at least 5 rounds
     MAX_TIME=$("$PY" -c "print(min(1.0, max(0.05, $BENCH_BUDGET / 1000)))")
-    GRID=(--bench-shapes=small,cifar,large --bench-priority --benchmark-min-rounds=5 --benchmark-max-time="$MAX_TIME")
+    GRID=(--bench-shapes=small,cifar,bn256,large --bench-priority --benchmark-min-rounds=5 --benchmark-max-time="$MAX_TIME")
     note="headline cases first, ${MAX_TIME} s per case; "
 fi
 timeout -s INT -k 20 $(( BENCH_BUDGET + 60 )) "$PY" -m pytest bench/test_bench_*.py -q -rs -p no:cacheprovider \

@@ -38,13 +38,13 @@ import sys
 PACKAGE = ("torch", "triton", "effdrop", "effdrop_compile")  # op backends; training-step providers
 ORDER = {  # display order; values not listed follow, in the order they appear
     "op": ("drop_neuron", "drop_channel", "drop_path", "drop_layer", "norm_act_drop", "norm_act_drop_eval", "e2e"),
-    "shape_name": ("small", "cpu4m", "cifar", "large"),
+    "shape_name": ("small", "cpu4m", "cifar", "bn256", "large"),
     "dtype": ("fp32", "bf16", "fp16"),
     "pass": ("fwd", "bwd", "fwdbwd"),
 }
 ENVIRONMENT = ("device", "capability", "torch", "triton", "effdrop_triton", "python", "cuda")
 # (shape, dtype) pairs shown in the headline table, where present: the GPU targets, then the CPU claim
-HEADLINE = (("large", "bf16"), ("cifar", "bf16"), ("cpu4m", "fp32"))
+HEADLINE = (("large", "bf16"), ("bn256", "bf16"), ("cifar", "bf16"), ("cpu4m", "fp32"))
 
 
 def records(data: dict, stat: str = "median") -> list:
