@@ -8,7 +8,7 @@ from torch import nn
 
 import effdrop_triton as ed
 from effdrop_triton.norm_act import BatchNormActDrop2d, GroupNormActDrop
-from test_memory import saved_bytes
+from conftest import saved_bytes
 
 ORDERS = {
     0: ["norm", "conv"],

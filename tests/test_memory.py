@@ -5,19 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import effdrop_triton as ed
-
-
-def saved_bytes(fn, *inputs):
-    """Bytes of distinct storages that autograd keeps for backward while running ``fn``."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*inputs)
-    return sum(storages.values())
+from conftest import saved_bytes
 
 
 SHAPE = (8, 16, 16, 16)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import effdrop_triton as ed
 from effdrop_triton.functional import norm_act_drop, norm_act_drop_conv2d
-from conftest import nonzero_randn
+from conftest import nonzero_randn, saved_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -256,19 +256,6 @@ def test_conv_variant_padding_same_and_input_stats():
     assert out.shape == (4, 8, 7, 9) and mean.shape == (6,)
     with pytest.raises(ValueError, match="asymmetric"):
         norm_act_drop_conv2d(x, weight, bias, None, None, torch.randn(8, 6, 2, 2), padding="same")
-
-
-def saved_bytes(fn, *inputs):
-    """Bytes of distinct storages autograd keeps for backward while running ``fn``."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*inputs)
-    return sum(storages.values())
 
 
 def _memory_inputs(layout="contiguous"):
