@@ -33,10 +33,10 @@ def check_float_tensor(x, name: str) -> torch.Tensor:
     return x
 
 
-def check_mode(mode) -> bool:
+def check_mode(mode, name: str = "mode") -> bool:
     """``"sample"`` -> True (one draw per sample), ``"batch"`` -> False."""
     if mode not in ("sample", "batch"):
-        raise ValueError(f"mode must be one of ('sample', 'batch'), got {mode!r}")
+        raise ValueError(f"{name} must be one of ('sample', 'batch'), got {mode!r}")
     return mode == "sample"
 
 

@@ -34,12 +34,15 @@ def convert(model: nn.Module) -> nn.Module:
 
     Only dropout modules are touched; they hold no parameters or buffers, so the state dict is
     unchanged. Dropout applied through ``F.dropout`` calls inside a model's ``forward`` is not a
-    module and stays as it is.
+    module and stays as it is. The replacements take batched ``(N, C, *)`` input: an unbatched
+    ``(C, L)`` input to ``nn.Dropout1d`` (or ``(C, D, H, W)`` to ``nn.Dropout3d``) would be read as
+    ``(N, C)``.
     """
-    if isinstance(model, nn.Module):
-        replacement = _replacement(model)
-        if replacement is not None:
-            return replacement.train(model.training)
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"convert expects an nn.Module, got {type(model).__name__}")
+    replacement = _replacement(model)
+    if replacement is not None:
+        return replacement.train(model.training)
     for name, child in model.named_children():
         replacement = _replacement(child)
         if replacement is not None:

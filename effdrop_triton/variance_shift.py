@@ -75,10 +75,10 @@ def reset_variance_shift(model: nn.Module) -> None:
             module.reset_input_stats()
 
 
-def channel_ratio(eval_stat: torch.Tensor, train_stat: torch.Tensor, scale: torch.Tensor) -> float:
-    """Mean over channels of ``eval / train``, skipping channels whose train value is negligible
-    against ``scale`` (a channel mean near zero, a dead channel) where the ratio says nothing."""
-    usable = train_stat.abs() > 1e-3 * scale + 1e-12
+def channel_ratio(eval_stat: torch.Tensor, train_stat: torch.Tensor, floor: torch.Tensor) -> float:
+    """Mean over channels of ``eval / train``, over the channels whose train value clears ``floor``
+    (per channel) in magnitude: a ratio to a value near zero says nothing. NaN when none does."""
+    usable = train_stat.abs() > floor
     if not bool(usable.any()):
         return float("nan")
     return float((eval_stat[usable] / train_stat[usable]).mean())
@@ -94,9 +94,11 @@ def variance_shift(model: nn.Module) -> Dict[str, Dict[str, float]]:
         if int(module.input_count_train) == 0 or int(module.input_count_eval) == 0:
             continue
         train_mean, train_var = module.input_mean_train, module.input_var_train
-        scale = (train_var + train_mean.square()).sqrt()  # per-channel RMS of the input
+        train_std = train_var.sqrt()
         report[name] = {
-            "mean": channel_ratio(module.input_mean_eval, train_mean, scale),
-            "var": channel_ratio(module.input_var_eval, train_var, scale.square()),
+            # a channel mean within a tenth of the channel's spread counts as zero: its ratio is noise
+            "mean": channel_ratio(module.input_mean_eval, train_mean, 0.1 * train_std),
+            # a dead channel (variance negligible against its RMS) carries no variance ratio
+            "var": channel_ratio(module.input_var_eval, train_var, 1e-6 * (train_var + train_mean.square())),
         }
     return report

@@ -84,7 +84,7 @@ class BlockConfig:
         check_positive_int(self.gn_groups, "gn_groups")
         object.__setattr__(self, "drop_type", DROP_TYPE_NAMES[drop_type_index(self.drop_type)])
         object.__setattr__(self, "drop_rate", check_p(self.drop_rate, "drop_rate"))
-        check_mode(self.drop_mode)
+        check_mode(self.drop_mode, "drop_mode")
         object.__setattr__(self, "skip_dropped", bool(self.skip_dropped))
         object.__setattr__(self, "fused", bool(self.fused))
 

@@ -27,7 +27,8 @@ def test_block_order_and_norm(block_type, norm):
     norms = [m for m in block.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
     assert len(norms) == 1 and isinstance(norms[0], expected_norm)
     # the norm sits on the conv input for types 0/1, on its output for types 2/3
-    assert block.norm.num_features if norm == "bn" else block.norm.num_channels == (8 if block_type < 2 else 16)
+    norm_channels = block.norm.num_features if norm == "bn" else block.norm.num_channels
+    assert norm_channels == (8 if block_type < 2 else 16)
     assert block.norm.act
     if block_type == 0:  # the dropout is the norm module's last step
         assert block.norm.drop_rate == 0.2 and not hasattr(block, "drop")

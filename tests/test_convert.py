@@ -80,3 +80,8 @@ def test_convert_keeps_training_flag_and_other_modules():
     assert isinstance(converted[0], nn.Conv2d) and isinstance(converted[2], nn.BatchNorm2d)
     assert isinstance(converted[1], ed.DropChannel) and not converted[1].training
     assert isinstance(ed.convert(nn.Dropout(0.1)), ed.DropNeuron)  # a bare dropout module is returned replaced
+
+
+def test_convert_refuses_what_is_not_a_module():
+    with pytest.raises(TypeError, match="nn.Module, got str"):
+        ed.convert("model")

@@ -334,3 +334,11 @@ def test_block_orders_build_pre_and_post_activation_units():
     assert not block.branch[-1].norm.act  # conv-norm before the sum, ReLU after it
     assert Bottleneck(8, 4, 8, groups=2).branch[1].conv.groups == 2
     assert post.fc.bias.abs().sum() == 0
+
+
+@pytest.mark.parametrize("name", ["wrn", "preresnet", "resnext", "densenet"])
+@pytest.mark.parametrize("block_type", [0, 2])
+def test_group_norm_everywhere_a_block_has_a_norm(name, block_type):
+    model = tiny(name, norm="gn", block_type=block_type)
+    norms = [m for m in model.modules() if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))]
+    assert norms and all(isinstance(m, torch.nn.GroupNorm) for m in norms)

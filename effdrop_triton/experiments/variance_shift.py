@@ -51,10 +51,11 @@ def train(model, loader, epochs: int, lr: float) -> None:
 @torch.no_grad()
 def measure_shift(model, loader) -> list:
     """Eval/train input-variance ratios of the receiving norms, in module order. Runs on a copy
-    so the measuring passes leave the trained model's running statistics alone."""
+    so the measuring passes leave the trained model's running statistics alone; the eval passes
+    come first, so they use the trained running statistics, not ones the train passes re-estimated."""
     probe = copy.deepcopy(model)
     names = ed.track_variance_shift(probe)
-    for training in (True, False):
+    for training in (False, True):
         probe.train(training)
         for images, _ in loader:
             probe(images)
