@@ -89,7 +89,7 @@ class ConvBlock(nn.Module):
         return self.norm.fused
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.block_type == 0:
+        if self.block_type == 0 and isinstance(self.norm, NormActDrop):
             # norm-ReLU-drop and the conv in one autograd node: backward recomputes the conv input
             return apply_norm_act_drop(self.norm, x, self.norm._norm_args(), conv=self.conv)
         for module in self.children():

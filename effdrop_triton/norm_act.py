@@ -131,7 +131,62 @@ class GroupNormActDrop(nn.GroupNorm, InputStats):
                 f"fused={self.fused}, track_stats={self.track_stats}")
 
 
-NormActDrop = (BatchNormActDrop2d, GroupNormActDrop)
+class SyncBatchNormActDrop2d(nn.SyncBatchNorm, InputStats):
+    """``BatchNormActDrop2d`` for DDP: batch statistics reduced over the process group by
+    ``nn.SyncBatchNorm``, then ReLU and the standalone dropout op (not fused). Build it with
+    :func:`convert_sync_batchnorm`; the state dict is that of ``nn.BatchNorm2d``."""
+
+    fused = False  # the statistics come from nn.SyncBatchNorm's cross-process reduction
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
+                 track_running_stats: bool = True, process_group=None, act: bool = True,
+                 drop_type: Union[int, str] = "channel", drop_rate: float = 0.0, track_stats: bool = False,
+                 device=None, dtype=None):
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device=device,
+                         dtype=dtype)
+        self.act = bool(act)
+        self.drop_type = check_inner_drop_type(drop_type)
+        self.drop_rate = check_p(drop_rate, "drop_rate")
+        self._init_input_stats(num_features, track_stats)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.track_stats:
+            self.record_input_stats(*input_channel_stats(x))
+        y = super().forward(x)
+        if self.act:
+            y = F.relu(y)
+        return (drop_neuron if self.drop_type == "neuron" else drop_channel)(y, self.drop_rate, self.training)
+
+    def extra_repr(self) -> str:
+        return (f"{super().extra_repr()}, act={self.act}, drop_type={self.drop_type!r}, drop_rate={self.drop_rate}, "
+                f"track_stats={self.track_stats}")
+
+
+def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
+    """DDP's ``nn.SyncBatchNorm.convert_sync_batchnorm`` for models of this package: every
+    ``BatchNormActDrop2d`` becomes a ``SyncBatchNormActDrop2d`` (ReLU and dropout kept; PyTorch's
+    own conversion would turn it into a bare ``SyncBatchNorm``), other batch norms become
+    ``nn.SyncBatchNorm``; parameters, buffers and training mode carry over."""
+    if isinstance(module, BatchNormActDrop2d):
+        sync = SyncBatchNormActDrop2d(module.num_features, module.eps, module.momentum, module.affine,
+                                      module.track_running_stats, process_group, act=module.act,
+                                      drop_type=module.drop_type, drop_rate=module.drop_rate,
+                                      track_stats=module.track_stats, device=module.input_mean_train.device)
+        sync.load_state_dict(module.state_dict())
+        for name, buffer in module.named_buffers(recurse=False):  # the non-persistent input statistics too
+            getattr(sync, name).copy_(buffer)
+        return sync.train(module.training)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, nn.SyncBatchNorm):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
+    for name, child in module.named_children():
+        converted = convert_sync_batchnorm(child, process_group)
+        if converted is not child:
+            setattr(module, name, converted)
+    return module
+
+
+NormActDrop = (BatchNormActDrop2d, GroupNormActDrop)  # the modules that can run the fused op
+NORM_ACT_DROP_MODULES = NormActDrop + (SyncBatchNormActDrop2d,)
 
 
 def input_channel_stats(x: Tensor) -> Tuple[Tensor, Tensor]:

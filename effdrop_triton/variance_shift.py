@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .modules import DropChannel, DropLayer, DropNeuron, DropPath, Residual
-from .norm_act import InputStats, NormActDrop
+from .norm_act import NORM_ACT_DROP_MODULES, InputStats
 
 _TORCH_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
@@ -25,7 +25,7 @@ def _drops(module: nn.Module) -> bool:
     """True when ``module``'s output carries dropped activations (an active dropout)."""
     if isinstance(module, (DropNeuron, DropChannel, DropPath, DropLayer)) or isinstance(module, _TORCH_DROPOUTS):
         return module.p > 0
-    if isinstance(module, NormActDrop):
+    if isinstance(module, NORM_ACT_DROP_MODULES):
         return module.drop_rate > 0
     if isinstance(module, Residual):
         return module.drop_rate > 0

@@ -1,6 +1,8 @@
 """ConvBlock and the norm-act-drop modules: block order, norms, initialization, BatchNorm
 compatibility (running statistics, state dicts), fused against eager, errors, memory."""
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -180,3 +182,30 @@ def test_block_errors(kwargs, match):
 def test_groupnorm_groups_must_divide_channels():
     with pytest.raises(ValueError, match="num_groups=4"):
         GroupNormActDrop(4, 6)
+
+
+@pytest.mark.parametrize("block_type", [0, 2])
+def test_convert_sync_batchnorm_keeps_relu_and_dropout(block_type):
+    """PyTorch's conversion would leave a bare SyncBatchNorm; ours keeps norm, ReLU and dropout.
+    Without an initialised process group SyncBatchNorm normalizes like BatchNorm2d."""
+    from effdrop_triton.models import wrn
+
+    torch.manual_seed(0)
+    model = wrn(depth=10, widen_factor=1, block_type=block_type, drop_rate=0.3)
+    model(torch.randn(4, 3, 32, 32))  # running statistics away from their initial values
+    ed.track_variance_shift(model)
+    reference = copy.deepcopy(model)
+    converted = ed.convert_sync_batchnorm(model)
+    assert not any(isinstance(m, BatchNormActDrop2d) for m in converted.modules())
+    syncs = [m for m in converted.modules() if isinstance(m, nn.SyncBatchNorm)]
+    assert syncs and all(isinstance(m, ed.SyncBatchNormActDrop2d) for m in syncs)
+    assert [m.track_stats for m in syncs] == [m.track_stats for m in reference.modules()
+                                              if isinstance(m, BatchNormActDrop2d)]
+    assert converted.state_dict().keys() == reference.state_dict().keys()
+    x = torch.randn(4, 3, 32, 32)
+    for training in (True, False):
+        reference.train(training), converted.train(training)
+        torch.manual_seed(3)
+        expected = reference(x)
+        torch.manual_seed(3)
+        torch.testing.assert_close(converted(x), expected, rtol=1e-5, atol=1e-5)
