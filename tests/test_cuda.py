@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import effdrop_triton as ed
-from conftest import INTERPRET, assert_within_ulp, nonzero_randn
+from conftest import INTERPRET, assert_within_ulp, nonzero_randn, saved_bytes
 
 pytestmark = [
     pytest.mark.cuda,
@@ -131,3 +131,21 @@ def test_norm_act_drop_conv2d_compiles_fullgraph_on_cuda():
     compiled = torch.compile(fn, fullgraph=True)(x)
     compiled.sum().backward()
     torch.testing.assert_close(compiled, eager)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_conv_block_saves_at_most_half_of_eager_on_gpu(layout):
+    """The memory claim on the GPU too: ConvBlock(block_type=0) keeps the block input and per-channel
+    statistics; eager BatchNorm2d + ReLU + Dropout2d + Conv2d keeps three activations."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    memory_format = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    block = ed.ConvBlock(64, 64, 3, block_type=0, drop_rate=0.2, padding=1).cuda().to(memory_format=memory_format)
+    eager = nn.Sequential(nn.BatchNorm2d(64), nn.ReLU(), nn.Dropout2d(0.2),
+                          nn.Conv2d(64, 64, 3, padding=1, bias=False)).cuda().to(memory_format=memory_format)
+    x = torch.randn(16, 64, 32, 32, device="cuda").to(memory_format=memory_format).requires_grad_()
+    ours, theirs = saved_bytes(block, x), saved_bytes(eager, x)
+    assert ours <= 0.5 * theirs, (ours, theirs)
+    assert saved_bytes(lambda t: ed.norm_act_drop(t, block.norm.weight, block.norm.bias, p=0.2), x) \
+        <= x.numel() * x.element_size() + 4096
