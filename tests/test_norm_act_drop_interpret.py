@@ -203,6 +203,7 @@ def test_functional_end_to_end(norm, num_groups, training, dtype):
     with ed.use_backend("triton"):
         actual = grads_of(fn, x, weight, bias, grad)
     tol = TIGHT if dtype == torch.float32 else dict(rtol=2e-3, atol=2e-3)
+    assert torch.equal(actual[0] == 0, reference[0] == 0)  # the same units dropped (and rectified)
     for a, b in zip(actual, reference):
         torch.testing.assert_close(a, b, **tol)
     for a, b in zip(running["triton"], running["torch"]):
@@ -226,6 +227,7 @@ def test_awkward_shapes(norm, shape, num_groups, drop_type):
         return norm_act_drop(a, w, b, norm=norm, num_groups=num_groups, drop_type=drop_type, p=0.3, seed=5)
 
     reference, actual = both(lambda: grads_of(fn, x, weight, bias, grad))
+    assert torch.equal(actual[0] == 0, reference[0] == 0)  # the same units dropped (and rectified)
     for a, b in zip(actual, reference):
         torch.testing.assert_close(a, b, **TIGHT)
 
