@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .._layout import empty_dense_like
-from .norm_act_drop import norm_act_drop_apply, norm_act_drop_backward_op
+from .norm_act_drop import norm_act_drop_apply, norm_act_drop_backward_op, norm_act_drop_op
 
 
 @torch.library.custom_op("effdrop::norm_act_drop_conv2d", mutates_args=())
@@ -48,8 +48,9 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, weight, bias, mean, var, seed, conv_weight = ctx.saved_tensors
     stride, padding, dilation, groups = ctx.conv_args
-    num_groups, batch_stats, eps, act, drop, p, use_triton = ctx.norm_args
-    y = norm_act_drop_apply(x, weight, bias, mean, var, seed, num_groups, eps, act, drop, p, use_triton)
+    # the rebuild goes through the custom op, so that a compiled backward treats it as opaque
+    # (tracing the Python fallback would read the seed as a data-dependent integer)
+    y = norm_act_drop_op(x, weight, bias, mean, var, seed, *ctx.norm_args) if x.numel() else empty_dense_like(x)
     bias_sizes = [conv_weight.shape[0]] if ctx.has_conv_bias else None
     grad_y, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
         grad_out, y, conv_weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups,
