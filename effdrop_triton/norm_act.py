@@ -67,18 +67,36 @@ class InputStats:
         getattr(self, f"input_var_{phase}").lerp_(var.float(), weight)
 
 
-class BatchNormActDrop2d(nn.BatchNorm2d, InputStats):
+class ActDrop(InputStats):
+    """Mixin: the settings every norm-act-drop module shares, their repr, and the unfused ReLU +
+    standalone dropout that follows the norm."""
+
+    def _init_act_drop(self, num_channels: int, act: bool, drop_type, drop_rate: float, track_stats: bool) -> None:
+        self.act = bool(act)
+        self.drop_type = check_inner_drop_type(drop_type)
+        self.drop_rate = check_p(drop_rate, "drop_rate")
+        self._init_input_stats(num_channels, track_stats)
+
+    def act_drop(self, y: Tensor) -> Tensor:
+        """ReLU (``act``) then the standalone drop-neuron / drop-channel op: the eager tail of the norm."""
+        if self.act:
+            y = F.relu(y)
+        return (drop_neuron if self.drop_type == "neuron" else drop_channel)(y, self.drop_rate, self.training)
+
+    def _act_drop_repr(self) -> str:
+        return (f"act={self.act}, drop_type={self.drop_type!r}, drop_rate={self.drop_rate}, fused={self.fused}, "
+                f"track_stats={self.track_stats}")
+
+
+class BatchNormActDrop2d(nn.BatchNorm2d, ActDrop):
     """``BatchNorm2d`` -> ReLU (``act``) -> drop-neuron / drop-channel with rate ``drop_rate``."""
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1, affine: bool = True,
                  track_running_stats: bool = True, act: bool = True, drop_type: Union[int, str] = "channel",
                  drop_rate: float = 0.0, fused: bool = True, track_stats: bool = False, device=None, dtype=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
-        self.act = bool(act)
-        self.drop_type = check_inner_drop_type(drop_type)
-        self.drop_rate = check_p(drop_rate, "drop_rate")
         self.fused = bool(fused)
-        self._init_input_stats(num_features, track_stats)
+        self._init_act_drop(num_features, act, drop_type, drop_rate, track_stats)
 
     def _norm_args(self) -> dict:
         """The ``norm_act_drop`` arguments of this module's current state (as ``nn.BatchNorm2d.forward``)."""
@@ -99,11 +117,10 @@ class BatchNormActDrop2d(nn.BatchNorm2d, InputStats):
         return apply_norm_act_drop(self, x, self._norm_args())
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, act={self.act}, drop_type={self.drop_type!r}, drop_rate={self.drop_rate}, "
-                f"fused={self.fused}, track_stats={self.track_stats}")
+        return f"{super().extra_repr()}, {self._act_drop_repr()}"
 
 
-class GroupNormActDrop(nn.GroupNorm, InputStats):
+class GroupNormActDrop(nn.GroupNorm, ActDrop):
     """``GroupNorm`` -> ReLU (``act``) -> drop-neuron / drop-channel with rate ``drop_rate``."""
 
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True, act: bool = True,
@@ -112,11 +129,8 @@ class GroupNormActDrop(nn.GroupNorm, InputStats):
         if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or num_channels % num_groups:
             raise ValueError(f"num_groups={num_groups!r} must be a positive int dividing num_channels={num_channels}")
         super().__init__(num_groups, num_channels, eps, affine, device=device, dtype=dtype)
-        self.act = bool(act)
-        self.drop_type = check_inner_drop_type(drop_type)
-        self.drop_rate = check_p(drop_rate, "drop_rate")
         self.fused = bool(fused)
-        self._init_input_stats(num_channels, track_stats)
+        self._init_act_drop(num_channels, act, drop_type, drop_rate, track_stats)
 
     def _norm_args(self) -> dict:
         return dict(weight=self.weight, bias=self.bias, running_mean=None, running_var=None, norm="gn",
@@ -127,11 +141,10 @@ class GroupNormActDrop(nn.GroupNorm, InputStats):
         return apply_norm_act_drop(self, x, self._norm_args())
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, act={self.act}, drop_type={self.drop_type!r}, drop_rate={self.drop_rate}, "
-                f"fused={self.fused}, track_stats={self.track_stats}")
+        return f"{super().extra_repr()}, {self._act_drop_repr()}"
 
 
-class SyncBatchNormActDrop2d(nn.SyncBatchNorm, InputStats):
+class SyncBatchNormActDrop2d(nn.SyncBatchNorm, ActDrop):
     """``BatchNormActDrop2d`` for DDP: batch statistics reduced over the process group by
     ``nn.SyncBatchNorm``, then ReLU and the standalone dropout op (not fused). Build it with
     :func:`convert_sync_batchnorm`; the state dict is that of ``nn.BatchNorm2d``."""
@@ -144,22 +157,15 @@ class SyncBatchNormActDrop2d(nn.SyncBatchNorm, InputStats):
                  device=None, dtype=None):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device=device,
                          dtype=dtype)
-        self.act = bool(act)
-        self.drop_type = check_inner_drop_type(drop_type)
-        self.drop_rate = check_p(drop_rate, "drop_rate")
-        self._init_input_stats(num_features, track_stats)
+        self._init_act_drop(num_features, act, drop_type, drop_rate, track_stats)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.track_stats:
             self.record_input_stats(*input_channel_stats(x))
-        y = super().forward(x)
-        if self.act:
-            y = F.relu(y)
-        return (drop_neuron if self.drop_type == "neuron" else drop_channel)(y, self.drop_rate, self.training)
+        return self.act_drop(super().forward(x))
 
     def extra_repr(self) -> str:
-        return (f"{super().extra_repr()}, act={self.act}, drop_type={self.drop_type!r}, drop_rate={self.drop_rate}, "
-                f"track_stats={self.track_stats}")
+        return f"{super().extra_repr()}, {self._act_drop_repr()}"
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
@@ -186,7 +192,6 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
 
 
 NormActDrop = (BatchNormActDrop2d, GroupNormActDrop)  # the modules that can run the fused op
-NORM_ACT_DROP_MODULES = NormActDrop + (SyncBatchNormActDrop2d,)
 
 
 def input_channel_stats(x: Tensor) -> Tuple[Tensor, Tensor]:
@@ -196,17 +201,12 @@ def input_channel_stats(x: Tensor) -> Tuple[Tensor, Tensor]:
     return mean, var
 
 
-def eager_norm_act_drop(x: Tensor, args: dict) -> Tensor:
-    """The unfused composition: PyTorch's norm, ReLU, then the standalone dropout op."""
+def eager_norm(x: Tensor, args: dict) -> Tensor:
+    """PyTorch's own norm with a norm-act-drop module's arguments (the unfused composition's first step)."""
     if args["norm"] == "bn":
-        y = F.batch_norm(x, args["running_mean"], args["running_var"], args["weight"], args["bias"],
-                         args["use_batch_stats"], args["momentum"], args["eps"])
-    else:
-        y = F.group_norm(x, args["num_groups"], args["weight"], args["bias"], args["eps"])
-    if args["act"]:
-        y = F.relu(y)
-    drop = drop_neuron if args["drop_type"] == "neuron" else drop_channel
-    return drop(y, args["p"], args["training"], seed=args.get("seed"))
+        return F.batch_norm(x, args["running_mean"], args["running_var"], args["weight"], args["bias"],
+                            args["use_batch_stats"], args["momentum"], args["eps"])
+    return F.group_norm(x, args["num_groups"], args["weight"], args["bias"], args["eps"])
 
 
 def apply_norm_act_drop(module, x: Tensor, args: dict, conv: Optional[nn.Conv2d] = None) -> Tensor:
@@ -216,14 +216,14 @@ def apply_norm_act_drop(module, x: Tensor, args: dict, conv: Optional[nn.Conv2d]
         if conv is None:
             out = functional.norm_act_drop(x, **args, input_stats=module.track_stats)
         else:
-            out = functional.norm_act_drop_conv2d(x, conv_weight=conv.weight, conv_bias=conv.bias, stride=conv.stride,
-                                       padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-                                       **args, input_stats=module.track_stats)
+            out = functional.norm_act_drop_conv2d(x, conv_weight=conv.weight, conv_bias=conv.bias,
+                                                  stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
+                                                  groups=conv.groups, **args, input_stats=module.track_stats)
         if module.track_stats:
             out, (mean, var) = out
             module.record_input_stats(mean, var)
         return out
     if module.track_stats:
         module.record_input_stats(*input_channel_stats(x))
-    out = eager_norm_act_drop(x, args)
+    out = module.act_drop(eager_norm(x, args))
     return out if conv is None else conv(out)

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .modules import DropChannel, DropLayer, DropNeuron, DropPath, Residual
-from .norm_act import NORM_ACT_DROP_MODULES, InputStats
+from .norm_act import ActDrop, InputStats
 
 _TORCH_DROPOUTS = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d)
 
@@ -25,7 +25,7 @@ def _drops(module: nn.Module) -> bool:
     """True when ``module``'s output carries dropped activations (an active dropout)."""
     if isinstance(module, (DropNeuron, DropChannel, DropPath, DropLayer)) or isinstance(module, _TORCH_DROPOUTS):
         return module.p > 0
-    if isinstance(module, NORM_ACT_DROP_MODULES):
+    if isinstance(module, ActDrop):
         return module.drop_rate > 0
     if isinstance(module, Residual):
         return module.drop_rate > 0
@@ -59,13 +59,13 @@ def track_variance_shift(model: nn.Module, on: bool = True) -> List[str]:
 
     Returns the module paths now tracked.
     """
-    tracked = set(receiving_norms(model)) if on else set()
+    tracked = receiving_norms(model) if on else []
     for name, module in model.named_modules():
         if isinstance(module, InputStats):
             module.track_stats = name in tracked
             if module.track_stats:
                 module.reset_input_stats()
-    return sorted(tracked, key=list(dict(model.named_modules())).index)
+    return tracked
 
 
 def reset_variance_shift(model: nn.Module) -> None:
