@@ -2,7 +2,8 @@
 
 Each validates its arguments, returns its input unchanged when ``training`` is False
 or ``p == 0`` (no kernel launch), draws a seed from PyTorch's default generator when
-none is given, and calls the ``effdrop`` custom op on the selected backend.
+none is given, and calls the ``effdrop`` custom op on the selected backend (``ops._autograd.call``:
+its implementation directly when nothing traces the call).
 """
 
 from __future__ import annotations
@@ -12,7 +13,14 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from . import ops  # noqa: F401  (registers torch.ops.effdrop)
+from .ops._autograd import call
+from .ops.drop_channel import drop_channel_op
+from .ops.drop_layer import drop_layer_op
+from .ops.drop_neuron import drop_neuron_op
+from .ops.drop_path import drop_path_cat_op, drop_path_groups_op
+from .ops.norm_act_drop import norm_act_drop_op
+from .ops.norm_act_drop_conv import norm_act_drop_conv2d_op
+from .ops.norm_stats import norm_stats_op
 from ._checks import check_float_tensor, check_groups, check_mode, check_p, check_seed, resolve_seed
 from .backend import use_triton
 
@@ -26,7 +34,7 @@ def drop_neuron(x: Tensor, p: float, training: bool = True, seed: Seed = None) -
     check_seed(seed)
     if not training or p == 0.0:
         return x
-    return torch.ops.effdrop.drop_neuron(x, resolve_seed(seed, x.device), p, use_triton(x))
+    return call(drop_neuron_op, x, resolve_seed(seed, x.device), p, use_triton(x))
 
 
 def drop_channel(x: Tensor, p: float, training: bool = True, seed: Seed = None) -> Tensor:
@@ -38,7 +46,7 @@ def drop_channel(x: Tensor, p: float, training: bool = True, seed: Seed = None) 
     check_seed(seed)
     if not training or p == 0.0:
         return x
-    return torch.ops.effdrop.drop_channel(x, resolve_seed(seed, x.device), p, use_triton(x))
+    return call(drop_channel_op, x, resolve_seed(seed, x.device), p, use_triton(x))
 
 
 def _check_branches(branches: Sequence[Tensor]) -> list:
@@ -82,7 +90,7 @@ def drop_path(branches: Union[Tensor, Sequence[Tensor]], p: float, training: boo
         check_seed(seed)
         if not training or p == 0.0:
             return x
-        return torch.ops.effdrop.drop_path_groups(x, resolve_seed(seed, x.device), p, groups, per_sample, use_triton(x))
+        return call(drop_path_groups_op, x, resolve_seed(seed, x.device), p, groups, per_sample, use_triton(x))
     if groups is not None:
         raise ValueError(f"groups={groups!r} applies to a single tensor; a list of branches already names its paths")
     if not isinstance(branches, (list, tuple)):
@@ -93,7 +101,7 @@ def drop_path(branches: Union[Tensor, Sequence[Tensor]], p: float, training: boo
     if not training or p == 0.0:
         return torch.cat(branches, dim=1)
     first = branches[0]
-    return torch.ops.effdrop.drop_path_cat(branches, resolve_seed(seed, first.device), p, per_sample, use_triton(first))
+    return call(drop_path_cat_op, branches, resolve_seed(seed, first.device), p, per_sample, use_triton(first))
 
 
 def drop_layer(branch: Tensor, shortcut: Tensor, p: float, training: bool = True, mode: str = "sample",
@@ -118,7 +126,7 @@ def drop_layer(branch: Tensor, shortcut: Tensor, p: float, training: bool = True
     check_seed(seed)
     if not training or p == 0.0:
         return shortcut + branch
-    return torch.ops.effdrop.drop_layer(branch, shortcut, resolve_seed(seed, branch.device), p, per_sample, use_triton(branch))
+    return call(drop_layer_op, branch, shortcut, resolve_seed(seed, branch.device), p, per_sample, use_triton(branch))
 
 
 # --- fused norm -> affine -> ReLU -> dropout (the prologue of the norm-ReLU-drop-conv block) ---
@@ -200,7 +208,7 @@ def _norm_act_drop_stats(x, running_mean, running_var, a: dict, input_stats: boo
     channel_stats = None
     if a["batch_stats"] or input_stats:
         need_channel = input_stats or a["groups"] == 0
-        group_mean, group_var, mean_c, var_c = torch.ops.effdrop.norm_stats(x.detach(), a["groups"], need_channel, triton)
+        group_mean, group_var, mean_c, var_c = call(norm_stats_op, x.detach(), a["groups"], need_channel, triton)
         if input_stats:
             channel_stats = (mean_c, var_c)
     if a["groups"]:
@@ -241,7 +249,7 @@ def norm_act_drop(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Ten
     triton = use_triton(x)
     mean, var, channel_stats = _norm_act_drop_stats(x, running_mean, running_var, a, input_stats, triton)
     seed_tensor = resolve_seed(seed, x.device) if a["drop"] else None
-    y = torch.ops.effdrop.norm_act_drop(x, weight, bias, mean, var, seed_tensor, a["groups"], a["batch_stats"],
+    y = call(norm_act_drop_op, x, weight, bias, mean, var, seed_tensor, a["groups"], a["batch_stats"],
                                         a["eps"], act, a["drop"], a["p"], triton)
     return (y, channel_stats) if input_stats else y
 
@@ -265,6 +273,20 @@ def _conv_padding(padding, conv_weight: Tensor, dilation: list) -> list:
                              "which norm_act_drop_conv2d does not support; pass explicit padding")
         return [t // 2 for t in total]
     return _pair(padding, "padding")
+
+
+def _conv_compute_params(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor]):
+    """The convolution's parameters in the dtype it computes in. Under autocast that is the autocast
+    dtype, as for ``F.conv2d``: the casts are ordinary autograd ops, so fp32 parameters still get fp32
+    gradients, and the op casts the normalized input to match. Outside autocast the dtypes must agree."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        dtype = torch.get_autocast_dtype(device_type)
+        return conv_weight.to(dtype), None if conv_bias is None else conv_bias.to(dtype)
+    if conv_weight.dtype != x.dtype or (conv_bias is not None and conv_bias.dtype != x.dtype):
+        raise ValueError(f"norm_act_drop_conv2d needs x, conv_weight and conv_bias of one dtype outside autocast, got "
+                         f"{x.dtype}, {conv_weight.dtype} and {None if conv_bias is None else conv_bias.dtype}")
+    return conv_weight, conv_bias
 
 
 def norm_act_drop_conv2d(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
@@ -293,10 +315,11 @@ def norm_act_drop_conv2d(x: Tensor, weight: Optional[Tensor], bias: Optional[Ten
             raise ValueError(f"conv_bias must have shape ({conv_weight.shape[0]},), got {tuple(conv_bias.shape)}")
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     padding = _conv_padding(padding, conv_weight, dilation)
+    conv_weight, conv_bias = _conv_compute_params(x, conv_weight, conv_bias)
     triton = use_triton(x)
     mean, var, channel_stats = _norm_act_drop_stats(x, running_mean, running_var, a, input_stats, triton)
     seed_tensor = resolve_seed(seed, x.device) if a["drop"] else None
-    out = torch.ops.effdrop.norm_act_drop_conv2d(x, weight, bias, mean, var, seed_tensor, conv_weight, conv_bias,
+    out = call(norm_act_drop_conv2d_op, x, weight, bias, mean, var, seed_tensor, conv_weight, conv_bias,
                                                  stride, padding, dilation, groups, a["groups"], a["batch_stats"],
                                                  a["eps"], act, a["drop"], a["p"], triton)
     return (out, channel_stats) if input_stats else out

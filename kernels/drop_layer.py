@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import cdiv, next_power_of_2
+
 from effdrop_triton.philox import keep_scale, unit_threshold
 
 from .philox import STREAM_LAYER, unit_keep
@@ -50,10 +52,10 @@ def drop_layer_triton(branch: torch.Tensor, shortcut: torch.Tensor, out: torch.T
     if branch.numel() == 0:
         return
     M = branch.numel() // N
-    block = min(4096, triton.next_power_of_2(M))
-    rows = min(triton.next_power_of_2(N), max(1, 4096 // block))
-    num_blocks = triton.cdiv(M, block)
-    grid = (triton.cdiv(N, rows) * num_blocks,)
+    block = min(4096, next_power_of_2(M))
+    rows = min(next_power_of_2(N), max(1, 4096 // block))
+    num_blocks = cdiv(M, block)
+    grid = (cdiv(N, rows) * num_blocks,)
     _drop_layer_kernel[grid](
         branch, shortcut, out, seed, N, M, num_blocks, unit_threshold(p), keep_scale(p),
         PER_SAMPLE=per_sample, ROWS=rows, BLOCK=block, num_warps=4 if rows * block <= 1024 else 8,

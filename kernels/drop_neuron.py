@@ -8,6 +8,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import cdiv, next_power_of_2
+
 from effdrop_triton._layout import empty_dense_like, is_channels_last
 from effdrop_triton.philox import keep_scale, neuron_threshold
 
@@ -89,7 +91,7 @@ def _drop_neuron_channels_last_kernel(
 
 def _launch_flat(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
     calls = 256
-    grid = (triton.cdiv(x.numel(), 8 * calls),)
+    grid = (cdiv(x.numel(), 8 * calls),)
     lanes = min(8, 16 // x.element_size())
     _drop_neuron_flat_kernel[grid](x, out, seed, x.numel(), neuron_threshold(p), keep_scale(p), CALLS=calls,
                                    LANES=lanes, num_warps=4)
@@ -98,10 +100,10 @@ def _launch_flat(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: floa
 def _launch_channels_last(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
     N, C = x.shape[0], x.shape[1]
     S = x.numel() // (N * C)
-    block_c = min(64, triton.next_power_of_2(C))
-    block_s8 = min(triton.next_power_of_2(triton.cdiv(S, 8)), max(1, 1024 // block_c))
-    num_s_blocks = triton.cdiv(S, 8 * block_s8)
-    num_c_blocks = triton.cdiv(C, block_c)
+    block_c = min(64, next_power_of_2(C))
+    block_s8 = min(next_power_of_2(cdiv(S, 8)), max(1, 1024 // block_c))
+    num_s_blocks = cdiv(S, 8 * block_s8)
+    num_c_blocks = cdiv(C, block_c)
     # as many threads as 16-byte vectors in one [block_s8, block_c] piece: none computes a call twice
     vectors = block_s8 * block_c * x.element_size() // 16
     num_warps = max(1, min(4, vectors // 32))

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import cdiv, next_power_of_2
+
 from effdrop_triton._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor
 from effdrop_triton.philox import keep_scale, neuron_threshold, unit_threshold
 
@@ -566,12 +568,12 @@ def _unit_strides(*views: torch.Tensor):
 def _elementwise_blocks(N: int, C: int, S: int, c_unit: bool):
     """(N, C, S) tile of the elementwise passes (as the unit-gate kernel's)."""
     if c_unit:
-        block_c = min(64, triton.next_power_of_2(C))
-        block_s = max(1, min(triton.next_power_of_2(S), 8192 // block_c))
+        block_c = min(64, next_power_of_2(C))
+        block_s = max(1, min(next_power_of_2(S), 8192 // block_c))
     else:
-        block_s = min(1024, triton.next_power_of_2(S))
-        block_c = max(1, min(triton.next_power_of_2(C), 2048 // block_s))
-    block_n = max(1, min(triton.next_power_of_2(N), (8192 if c_unit else 2048) // (block_c * block_s)))
+        block_s = min(1024, next_power_of_2(S))
+        block_c = max(1, min(next_power_of_2(C), 2048 // block_s))
+    block_n = max(1, min(next_power_of_2(N), (8192 if c_unit else 2048) // (block_c * block_s)))
     return block_n, block_c, block_s
 
 
@@ -580,27 +582,27 @@ def _neuron_blocks(N: int, C: int, S: int, c_unit: bool, element_size: int):
     lanes = min(8, 16 // element_size)  # one 16-byte vector
     if S == 1:  # (N, C) input: the 8 neighbours are channels
         tile, grouped = CHANNEL_GROUPS, C
-        block_g = min(triton.next_power_of_2(triton.cdiv(C, 8)), 256)
+        block_g = min(next_power_of_2(cdiv(C, 8)), 256)
         block_c = 1
-        block_n = max(1, min(triton.next_power_of_2(N), 256 // block_g))
+        block_n = max(1, min(next_power_of_2(N), 256 // block_g))
         vectors = block_n * block_g
     elif c_unit:
         tile, grouped, lanes = CHANNEL_VECTORS, S, 1
-        block_c = min(64, triton.next_power_of_2(C))
-        block_g = min(triton.next_power_of_2(triton.cdiv(S, 8)), max(1, 1024 // block_c))
-        block_n = max(1, min(triton.next_power_of_2(N), 1024 // (block_c * block_g)))
+        block_c = min(64, next_power_of_2(C))
+        block_g = min(next_power_of_2(cdiv(S, 8)), max(1, 1024 // block_c))
+        block_n = max(1, min(next_power_of_2(N), 1024 // (block_c * block_g)))
         vectors = block_n * block_g * block_c * element_size // 16
     else:
         tile, grouped = ROW_GROUPS, S
-        block_g = min(triton.next_power_of_2(triton.cdiv(S, 8)), 256)
-        block_c = max(1, min(triton.next_power_of_2(C), 256 // block_g))
-        block_n = max(1, min(triton.next_power_of_2(N), 256 // (block_c * block_g)))
+        block_g = min(next_power_of_2(cdiv(S, 8)), 256)
+        block_c = max(1, min(next_power_of_2(C), 256 // block_g))
+        block_n = max(1, min(next_power_of_2(N), 256 // (block_c * block_g)))
         vectors = block_n * block_c * block_g
     if grouped % 8:  # groups straddle calls and rows cannot be 16-byte aligned: one element per piece
         lanes = 1  # (wider pieces make Triton 3.6 recompute the words per element)
-    num_g_blocks = triton.cdiv(triton.cdiv(grouped, 8), block_g)
-    num_c_blocks = 1 if tile == CHANNEL_GROUPS else triton.cdiv(C, block_c)
-    grid = (triton.cdiv(N, block_n) * num_c_blocks * num_g_blocks,)
+    num_g_blocks = cdiv(cdiv(grouped, 8), block_g)
+    num_c_blocks = 1 if tile == CHANNEL_GROUPS else cdiv(C, block_c)
+    grid = (cdiv(N, block_n) * num_c_blocks * num_g_blocks,)
     # as many threads as 16-byte vectors in one piece: none computes another's Philox call
     constexprs = dict(TILE=tile, ALIGNED=grouped % 8 == 0, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_G=block_g,
                       LANES=lanes, num_warps=max(1, min(4, vectors // 32)))
@@ -644,8 +646,8 @@ def norm_act_drop_fwd_triton(x: torch.Tensor, tables, seed, p: float, act: bool,
         )
         return out
     block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
-    num_s_blocks, num_c_blocks = triton.cdiv(S, block_s), triton.cdiv(C, block_c)
-    grid = (triton.cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
+    num_s_blocks, num_c_blocks = cdiv(S, block_s), cdiv(C, block_c)
+    grid = (cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
     _norm_act_drop_fwd_kernel[grid](
         src, dst, scale, shift, seed_ptr, N, C, S, *_strides(src), *_strides(dst), table_sn,
         num_s_blocks, num_c_blocks, threshold, dscale,
@@ -669,13 +671,13 @@ def _neuron_bwd_sums(src, dy, scale, shift, mean, invstd, seed_ptr, table_sn: in
     """Drop-neuron sums on the tiles of the other drop-neuron passes; a program walks a chunk of group blocks."""
     N, C, S = src.shape
     _, num_g_blocks, num_c_blocks, constexprs = _neuron_blocks(N, C, S, c_unit, element_size)
-    rows = triton.cdiv(N, constexprs["BLOCK_N"]) * num_c_blocks
+    rows = cdiv(N, constexprs["BLOCK_N"]) * num_c_blocks
     if constexprs["TILE"] == CHANNEL_GROUPS:  # S == 1: a program's sums are its elements, one chunk
         num_chunks, blocks_per_chunk, out_chunks = num_g_blocks, 1, 1
     else:
-        chunks = max(1, min(num_g_blocks, triton.cdiv(norm_stats._TARGET_PROGRAMS, rows)))
-        blocks_per_chunk = triton.cdiv(num_g_blocks, chunks)
-        num_chunks = out_chunks = triton.cdiv(num_g_blocks, blocks_per_chunk)
+        chunks = max(1, min(num_g_blocks, cdiv(norm_stats._TARGET_PROGRAMS, rows)))
+        blocks_per_chunk = cdiv(num_g_blocks, chunks)
+        num_chunks = out_chunks = cdiv(num_g_blocks, blocks_per_chunk)
     sum_dz = torch.empty((N, C, out_chunks), dtype=torch.float32, device=src.device)
     sum_dz_xhat = torch.empty_like(sum_dz)
     _norm_act_drop_neuron_bwd_sums_kernel[(rows * num_chunks,)](
@@ -699,7 +701,7 @@ def norm_act_drop_bwd_sums_triton(grad: torch.Tensor, x: torch.Tensor, tables, s
         return _neuron_bwd_sums(src, dy, scale, shift, mean, invstd, seed_ptr, table_sn, threshold, dscale, act,
                                 s_unit, c_unit, x.element_size())
     block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
-    num_chunks, num_c_blocks = triton.cdiv(S, chunk), triton.cdiv(C, block_c)
+    num_chunks, num_c_blocks = cdiv(S, chunk), cdiv(C, block_c)
     sum_dz = torch.empty((N, C, num_chunks), dtype=torch.float32, device=x.device)
     sum_dz_xhat = torch.empty_like(sum_dz)
     grid = (N * num_c_blocks * num_chunks,)
@@ -734,8 +736,8 @@ def norm_act_drop_bwd_dx_triton(grad: torch.Tensor, x: torch.Tensor, tables, k2,
         )
         return dx
     block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
-    num_s_blocks, num_c_blocks = triton.cdiv(S, block_s), triton.cdiv(C, block_c)
-    grid = (triton.cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
+    num_s_blocks, num_c_blocks = cdiv(S, block_s), cdiv(C, block_c)
+    grid = (cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
     _norm_act_drop_bwd_dx_kernel[grid](
         src, dy, dst, scale, shift, mean, invstd, k2, k3, seed_ptr, N, C, S, *_strides(src), *_strides(dy),
         *_strides(dst), table_sn, num_s_blocks, num_c_blocks, threshold, dscale,

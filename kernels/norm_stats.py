@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import cdiv, next_power_of_2
+
 # programs to aim for: enough to fill a large GPU when N * C is small (the positions are split into chunks)
 _TARGET_PROGRAMS = 1024
 
@@ -71,14 +73,14 @@ def _partial_moments_kernel(
 def stats_blocks(N: int, C: int, S: int, channels_minor: bool):
     """Tile ``(BLOCK_C, BLOCK_S)`` and chunk length for a reduction over the positions of an (N, C, S) view."""
     if channels_minor:  # a thread holds a vector of channels
-        block_c = min(64, triton.next_power_of_2(C))
-        block_s = max(1, min(triton.next_power_of_2(S), 2048 // block_c))
+        block_c = min(64, next_power_of_2(C))
+        block_s = max(1, min(next_power_of_2(S), 2048 // block_c))
     else:
-        block_s = min(1024, triton.next_power_of_2(S))
-        block_c = max(1, min(triton.next_power_of_2(C), 2048 // block_s))
-    rows = N * triton.cdiv(C, block_c)
-    chunks = max(1, min(triton.cdiv(S, block_s), triton.cdiv(_TARGET_PROGRAMS, rows)))
-    chunk = triton.cdiv(triton.cdiv(S, chunks), block_s) * block_s
+        block_s = min(1024, next_power_of_2(S))
+        block_c = max(1, min(next_power_of_2(C), 2048 // block_s))
+    rows = N * cdiv(C, block_c)
+    chunks = max(1, min(cdiv(S, block_s), cdiv(_TARGET_PROGRAMS, rows)))
+    chunk = cdiv(cdiv(S, chunks), block_s) * block_s
     return block_c, block_s, chunk
 
 
@@ -91,8 +93,8 @@ def partial_moments_triton(x: torch.Tensor):
     s_unit = S > 1 and src.stride(2) == 1
     c_unit = src.stride(1) == 1 and not s_unit
     block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
-    num_chunks = triton.cdiv(S, chunk)
-    num_c_blocks = triton.cdiv(C, block_c)
+    num_chunks = cdiv(S, chunk)
+    num_c_blocks = cdiv(C, block_c)
     mean = torch.empty((N, C, num_chunks), dtype=torch.float32, device=x.device)
     m2 = torch.empty_like(mean)
     grid = (N * num_c_blocks * num_chunks,)

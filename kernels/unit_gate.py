@@ -11,6 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .grid import cdiv, next_power_of_2
+
 from effdrop_triton.philox import keep_scale, unit_threshold
 
 from .philox import unit_keep
@@ -89,15 +91,15 @@ def unit_gate_triton(
     if c_unit:
         # channels_last: a thread holds a vector of channels, so it draws their gates once and
         # reuses them over many positions (64 channels x 128 positions per program)
-        block_c = min(64, triton.next_power_of_2(C))
-        block_s = max(1, min(triton.next_power_of_2(S), 8192 // block_c))
+        block_c = min(64, next_power_of_2(C))
+        block_s = max(1, min(next_power_of_2(S), 8192 // block_c))
     else:
-        block_s = min(1024, triton.next_power_of_2(S))
-        block_c = max(1, min(triton.next_power_of_2(C), 2048 // block_s))
-    block_n = max(1, min(triton.next_power_of_2(N), (8192 if c_unit else 2048) // (block_c * block_s)))
-    num_s_blocks = triton.cdiv(S, block_s)
-    num_c_blocks = triton.cdiv(C, block_c)
-    grid = (triton.cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
+        block_s = min(1024, next_power_of_2(S))
+        block_c = max(1, min(next_power_of_2(C), 2048 // block_s))
+    block_n = max(1, min(next_power_of_2(N), (8192 if c_unit else 2048) // (block_c * block_s)))
+    num_s_blocks = cdiv(S, block_s)
+    num_c_blocks = cdiv(C, block_c)
+    grid = (cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
     _unit_gate_kernel[grid](
         src, dst, seed, N, C, S,
         src.stride(0), src.stride(1), src.stride(2),

@@ -90,6 +90,38 @@ def test_fused_and_eager_block_agree_with_gradients():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("conv_bias", [False, True])
+def test_fused_block_under_autocast_matches_eager(conv_bias):
+    """Two type-0 blocks under bf16 autocast (the second gets the first's bf16 output): the fused
+    block's convolution computes in bf16 like F.conv2d's, and its backward too, with fp32
+    parameter gradients."""
+    torch.manual_seed(0)
+    fused = nn.Sequential(*(ed.ConvBlock(8, 8, 3, block_type=0, drop_rate=0.3, padding=1, bias=conv_bias)
+                            for _ in range(2)))
+    eager = copy.deepcopy(fused)
+    ed.set_fused(eager, False)
+    x = torch.randn(4, 8, 6, 6)
+    results = []
+    for model in (fused, eager):
+        xi = x.clone().requires_grad_()
+        torch.manual_seed(5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(xi)
+        assert out.dtype == torch.bfloat16
+        out.float().backward(torch.linspace(-1, 1, out.numel()).view_as(out))
+        results.append([out.float(), xi.grad] + [p.grad for p in model.parameters()])
+    for p in fused.parameters():
+        assert p.grad.dtype == torch.float32
+    for a, b in zip(*results):  # the paths round differently in bf16: up to one bf16 ulp (1/32 at |value| ~ 4)
+        torch.testing.assert_close(a, b, rtol=1.6e-2, atol=4e-2)
+
+
+def test_fused_conv_needs_one_dtype_outside_autocast():
+    x = torch.randn(2, 4, 5, 5)
+    with pytest.raises(ValueError, match="one dtype outside autocast.*torch.float32, torch.bfloat16"):
+        ed.norm_act_drop_conv2d(x, None, None, None, None, torch.randn(4, 4, 3, 3, dtype=torch.bfloat16), p=0.2)
+
+
 def test_initialization():
     torch.manual_seed(0)
     block = ed.ConvBlock(64, 128, 3, bias=True, padding=1)

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
-from ._autograd import register_self_adjoint
+from ._autograd import call, define, define_self_adjoint
 from .unit_gate import gate_factor, unit_gate, unit_keep_table
 
 
@@ -43,9 +43,8 @@ def _layer_output(branch: Tensor, shortcut: Tensor, use_triton: bool) -> Tensor:
     return empty_dense_like(_layer_inputs(branch, shortcut)[1] if use_triton else shortcut)
 
 
-@torch.library.custom_op("effdrop::drop_layer", mutates_args=())
-def drop_layer_op(branch: Tensor, shortcut: Tensor, seed: Tensor, p: float, per_sample: bool,
-                  use_triton: bool) -> Tensor:
+def _drop_layer(branch: Tensor, shortcut: Tensor, seed: Tensor, p: float, per_sample: bool,
+                use_triton: bool) -> Tensor:
     out = _layer_output(branch, shortcut, use_triton)
     if out.numel() == 0:
         return out
@@ -60,13 +59,7 @@ def drop_layer_op(branch: Tensor, shortcut: Tensor, seed: Tensor, p: float, per_
     return out
 
 
-@drop_layer_op.register_fake
-def _(branch, shortcut, seed, p, per_sample, use_triton):
-    return _layer_output(branch, shortcut, use_triton)
-
-
-@torch.library.custom_op("effdrop::layer_gate", mutates_args=())
-def layer_gate_op(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> Tensor:
+def _layer_gate(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> Tensor:
     """``x * gate[n] / (1 - p)``: the gradient of the branch of ``drop_layer``."""
     x = x if is_sample_dense(x) else x.contiguous()
     out = empty_dense_like(x)
@@ -76,9 +69,9 @@ def layer_gate_op(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_trito
     return out
 
 
-@layer_gate_op.register_fake
-def _(x, seed, p, per_sample, use_triton):
-    return empty_dense_like(x if is_sample_dense(x) else x.contiguous())
+layer_gate_op = define_self_adjoint(
+    "effdrop::layer_gate", _layer_gate,
+    lambda x, seed, p, per_sample, use_triton: empty_dense_like(x if is_sample_dense(x) else x.contiguous()))
 
 
 def _setup_layer(ctx, inputs, output):
@@ -88,9 +81,11 @@ def _setup_layer(ctx, inputs, output):
 
 def _backward_layer(ctx, grad):
     (seed,) = ctx.saved_tensors
-    grad_branch = layer_gate_op(grad, seed, ctx.p, ctx.per_sample, ctx.use_triton)
+    grad_branch = call(layer_gate_op, grad, seed, ctx.p, ctx.per_sample, ctx.use_triton)
     return grad_branch, grad, None, None, None, None
 
 
-drop_layer_op.register_autograd(_backward_layer, setup_context=_setup_layer)
-register_self_adjoint(layer_gate_op)
+drop_layer_op = define(
+    "effdrop::drop_layer", _drop_layer,
+    lambda branch, shortcut, seed, p, per_sample, use_triton: _layer_output(branch, shortcut, use_triton),
+    _backward_layer, _setup_layer)

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like
-from ._autograd import register_self_adjoint
+from ._autograd import define_self_adjoint
 
 
 def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
@@ -18,8 +18,7 @@ def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
     return out.masked_fill_(drop, 0)
 
 
-@torch.library.custom_op("effdrop::drop_neuron", mutates_args=())
-def drop_neuron_op(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
+def _drop_neuron(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
     if use_triton:
         from effdrop_triton.kernels.drop_neuron import drop_neuron_triton
 
@@ -27,9 +26,5 @@ def drop_neuron_op(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tenso
     return drop_neuron_torch(x, seed, p)
 
 
-@drop_neuron_op.register_fake
-def _(x, seed, p, use_triton):
-    return empty_dense_like(x)
-
-
-register_self_adjoint(drop_neuron_op)
+drop_neuron_op = define_self_adjoint("effdrop::drop_neuron", _drop_neuron,
+                                     lambda x, seed, p, use_triton: empty_dense_like(x))

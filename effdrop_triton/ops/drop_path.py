@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import List
 
-import torch
 from torch import Tensor
 
 from .. import philox
 from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor
-from ._autograd import register_self_adjoint
+from ._autograd import call, define, define_self_adjoint
 from .unit_gate import path_gate, unit_gate
 
 
@@ -30,34 +29,21 @@ def _split_outputs(grad: Tensor, sizes: List[int]) -> List[Tensor]:
     return [empty_dense_like(grad, (grad.shape[0], size, *grad.shape[2:])) for size in sizes]
 
 
-@torch.library.custom_op("effdrop::drop_path_cat", mutates_args=())
-def drop_path_cat_op(branches: List[Tensor], seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> Tensor:
+def _drop_path_cat(branches: List[Tensor], seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> Tensor:
     out = _cat_output(branches)
     path_gate([as_ncs(b) for b in branches], as_ncs(out).split([b.shape[1] for b in branches], dim=1),
               seed, p, per_sample, use_triton)
     return out
 
 
-@drop_path_cat_op.register_fake
-def _(branches, seed, p, per_sample, use_triton):
-    return _cat_output(branches)
-
-
-@torch.library.custom_op("effdrop::drop_path_split", mutates_args=())
-def drop_path_split_op(grad: Tensor, seed: Tensor, p: float, per_sample: bool, sizes: List[int],
-                       use_triton: bool) -> List[Tensor]:
+def _drop_path_split(grad: Tensor, seed: Tensor, p: float, per_sample: bool, sizes: List[int],
+                     use_triton: bool) -> List[Tensor]:
     outs = _split_outputs(grad, sizes)
     path_gate(as_ncs(grad).split(sizes, dim=1), [as_ncs(out) for out in outs], seed, p, per_sample, use_triton)
     return outs
 
 
-@drop_path_split_op.register_fake
-def _(grad, seed, p, per_sample, sizes, use_triton):
-    return _split_outputs(grad, sizes)
-
-
-@torch.library.custom_op("effdrop::drop_path_groups", mutates_args=())
-def drop_path_groups_op(x: Tensor, seed: Tensor, p: float, groups: int, per_sample: bool, use_triton: bool) -> Tensor:
+def _drop_path_groups(x: Tensor, seed: Tensor, p: float, groups: int, per_sample: bool, use_triton: bool) -> Tensor:
     out = empty_dense_like(x)
     if x.numel():
         unit_gate(as_ncs(x), as_ncs(out), seed, p, use_triton,
@@ -66,9 +52,8 @@ def drop_path_groups_op(x: Tensor, seed: Tensor, p: float, groups: int, per_samp
     return out
 
 
-@drop_path_groups_op.register_fake
-def _(x, seed, p, groups, per_sample, use_triton):
-    return empty_dense_like(x)
+drop_path_groups_op = define_self_adjoint("effdrop::drop_path_groups", _drop_path_groups,
+                                          lambda x, seed, p, groups, per_sample, use_triton: empty_dense_like(x))
 
 
 def _setup_cat(ctx, inputs, output):
@@ -79,7 +64,7 @@ def _setup_cat(ctx, inputs, output):
 
 def _backward_cat(ctx, grad):
     (seed,) = ctx.saved_tensors
-    grads = drop_path_split_op(grad, seed, ctx.p, ctx.per_sample, ctx.sizes, ctx.use_triton)
+    grads = call(drop_path_split_op, grad, seed, ctx.p, ctx.per_sample, ctx.sizes, ctx.use_triton)
     return list(grads), None, None, None, None
 
 
@@ -90,9 +75,12 @@ def _setup_split(ctx, inputs, output):
 
 def _backward_split(ctx, grads):
     (seed,) = ctx.saved_tensors
-    return drop_path_cat_op(list(grads), seed, ctx.p, ctx.per_sample, ctx.use_triton), None, None, None, None, None
+    return call(drop_path_cat_op, list(grads), seed, ctx.p, ctx.per_sample, ctx.use_triton), None, None, None, None, None
 
 
-drop_path_cat_op.register_autograd(_backward_cat, setup_context=_setup_cat)
-drop_path_split_op.register_autograd(_backward_split, setup_context=_setup_split)
-register_self_adjoint(drop_path_groups_op)
+drop_path_cat_op = define("effdrop::drop_path_cat", _drop_path_cat,
+                          lambda branches, seed, p, per_sample, use_triton: _cat_output(branches),
+                          _backward_cat, _setup_cat)
+drop_path_split_op = define("effdrop::drop_path_split", _drop_path_split,
+                            lambda grad, seed, p, per_sample, sizes, use_triton: _split_outputs(grad, sizes),
+                            _backward_split, _setup_split)

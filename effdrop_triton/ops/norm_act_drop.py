@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like, is_channels_minor
+from ._autograd import call, define
 from .norm_stats import compute_dtype
 from .unit_gate import gate_factor, unit_keep_table
 
@@ -162,10 +163,9 @@ def _forward(x, weight, bias, mean, var, seed, num_groups, eps, act, drop, p, us
     return norm_act_drop_torch(x, tables, seed, p, act, drop)
 
 
-@torch.library.custom_op("effdrop::norm_act_drop", mutates_args=())
-def norm_act_drop_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, var: Tensor,
-                     seed: Optional[Tensor], num_groups: int, batch_stats: bool, eps: float, act: bool, drop: int,
-                     p: float, use_triton: bool) -> Tensor:
+def _norm_act_drop(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, var: Tensor,
+                   seed: Optional[Tensor], num_groups: int, batch_stats: bool, eps: float, act: bool, drop: int,
+                   p: float, use_triton: bool) -> Tensor:
     """``drop(relu(norm(x) * weight + bias))`` with given statistics: ``mean``/``var`` are ``(C,)``
     (BatchNorm, batch or running) or ``(N, num_groups)`` (GroupNorm). ``batch_stats``: the
     statistics depend on ``x`` (backward adds their gradient). ``drop``: 0 none, 1 neuron, 2 channel."""
@@ -174,20 +174,14 @@ def norm_act_drop_op(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor]
     return _forward(x, weight, bias, mean, var, seed, num_groups, eps, act, drop, p, use_triton)
 
 
-@norm_act_drop_op.register_fake
-def _(x, weight, bias, mean, var, seed, num_groups, batch_stats, eps, act, drop, p, use_triton):
-    return empty_dense_like(x)
-
-
 def _param_grad(grad: Tensor, like: Optional[Tensor]) -> Tensor:
     return grad if like is None else grad.to(like.dtype)
 
 
-@torch.library.custom_op("effdrop::norm_act_drop_backward", mutates_args=())
-def norm_act_drop_backward_op(grad: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
-                              mean: Tensor, var: Tensor, seed: Optional[Tensor], num_groups: int,
-                              batch_stats: bool, eps: float, act: bool, drop: int, p: float,
-                              use_triton: bool) -> Tuple[Tensor, Tensor, Tensor]:
+def _norm_act_drop_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor],
+                            mean: Tensor, var: Tensor, seed: Optional[Tensor], num_groups: int,
+                            batch_stats: bool, eps: float, act: bool, drop: int, p: float,
+                            use_triton: bool) -> Tuple[Tensor, Tensor, Tensor]:
     """``(grad_x, grad_weight, grad_bias)`` of ``norm_act_drop`` (parameter gradients ``(C,)``, as
     if weight were ones / bias zeros when they are None)."""
     C = x.shape[1]
@@ -208,8 +202,8 @@ def norm_act_drop_backward_op(grad: Tensor, x: Tensor, weight: Optional[Tensor],
     return dx, _param_grad(dweight, weight), _param_grad(dbias, bias)
 
 
-@norm_act_drop_backward_op.register_fake
-def _(grad, x, weight, bias, mean, var, seed, num_groups, batch_stats, eps, act, drop, p, use_triton):
+def _norm_act_drop_backward_fake(grad, x, weight, bias, mean, var, seed, num_groups, batch_stats, eps, act, drop, p,
+                                 use_triton):
     C = x.shape[1]
     cd = compute_dtype(x.dtype)
     return (empty_dense_like(x), x.new_empty(C, dtype=cd if weight is None else weight.dtype),
@@ -224,7 +218,7 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad):
     x, weight, bias, mean, var, seed = ctx.saved_tensors
-    dx, dweight, dbias = norm_act_drop_backward_op(grad, x, weight, bias, mean, var, seed, *ctx.args)
+    dx, dweight, dbias = call(norm_act_drop_backward_op, grad, x, weight, bias, mean, var, seed, *ctx.args)
     return (dx, dweight if weight is not None else None, dbias if bias is not None else None,
             None, None, None) + (None,) * len(ctx.args)
 
@@ -234,8 +228,11 @@ def _no_double_backward(ctx, *grads):
                        "use the eager composition for higher-order gradients")
 
 
-norm_act_drop_op.register_autograd(_backward, setup_context=_setup)
-norm_act_drop_backward_op.register_autograd(_no_double_backward, setup_context=lambda ctx, inputs, output: None)
+norm_act_drop_backward_op = define("effdrop::norm_act_drop_backward", _norm_act_drop_backward,
+                                   _norm_act_drop_backward_fake, _no_double_backward,
+                                   lambda ctx, inputs, output: None)
+norm_act_drop_op = define("effdrop::norm_act_drop", _norm_act_drop, lambda x, *args: empty_dense_like(x),
+                          _backward, _setup)
 
 
 def norm_act_drop_apply(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], mean: Tensor, var: Tensor,

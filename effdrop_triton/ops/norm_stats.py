@@ -15,6 +15,8 @@ import math
 import torch
 from torch import Tensor
 
+from ._autograd import define
+
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """Statistics and elementwise math run in fp32 (fp64 for fp64 input)."""
@@ -69,9 +71,8 @@ def norm_stats_torch(x: Tensor, num_groups: int, channel_stats: bool):
     return group_mean, group_var, channel_mean, channel_var
 
 
-@torch.library.custom_op("effdrop::norm_stats", mutates_args=())
-def norm_stats_op(x: Tensor, num_groups: int, channel_stats: bool,
-                  use_triton: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+def _norm_stats(x: Tensor, num_groups: int, channel_stats: bool,
+                use_triton: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """``(group_mean, group_var, channel_mean, channel_var)`` of an ``(N, C, *)`` tensor.
 
     Group statistics are ``(N, num_groups)`` (empty when ``num_groups == 0``, BatchNorm);
@@ -95,6 +96,5 @@ def norm_stats_op(x: Tensor, num_groups: int, channel_stats: bool,
     return norm_stats_torch(x, num_groups, channel_stats)
 
 
-@norm_stats_op.register_fake
-def _(x, num_groups, channel_stats, use_triton):
-    return tuple(_outputs(x, num_groups, channel_stats))
+norm_stats_op = define("effdrop::norm_stats", _norm_stats,
+                       lambda x, num_groups, channel_stats, use_triton: tuple(_outputs(x, num_groups, channel_stats)))

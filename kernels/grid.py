@@ -1,0 +1,15 @@
+"""Launch-size arithmetic in plain Python.
+
+``triton.cdiv`` and ``triton.next_power_of_2`` are ``@triton.jit`` functions in recent Triton
+releases: called from Python they cost about 2 µs each, and a launcher makes up to a dozen
+such calls per launch, which adds up at the small shapes where host time is the whole cost.
+"""
+
+
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of 2 >= n (1 for n <= 1)."""
+    return 1 if n <= 1 else 1 << (n - 1).bit_length()
