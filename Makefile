@@ -1,4 +1,5 @@
-# Set-up and checks on a fresh machine: `make demo` (main job), `make test` (all tests).
+# Set-up and checks on a fresh machine: `make train` (the main job: effdrop-train's default run on the
+# built-in digits; TRAIN_ARGS="..." adds flags), `make test` (all tests). `make demo` shows the four ops on a batch.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # the Triton release of the GPU machine, tested beside the one torch brings
 TRITON_OLD ?= triton==3.6.0
 
-.PHONY: install demo test test-fallback test-interpret test-triton-old test-bench bench
+.PHONY: install train demo test test-fallback test-interpret test-triton-old test-bench bench
 
 install: $(VENV)/.installed
 
@@ -18,6 +19,9 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
 	$(PY) -m pip install --quiet -e ".[test,bench,train]"
 	touch $@
+
+train: install
+	$(VENV)/bin/effdrop-train $(TRAIN_ARGS)
 
 demo: install
 	$(PY) -m effdrop_triton
