@@ -79,6 +79,16 @@ class TrainingInterrupted(Exception):
         self.signum = signum
 
 
+def drop_type_name(value: str) -> str:
+    """A level's name from its name or the paper repository's number (0 neuron, 1 channel, 2 path, 3 layer)."""
+    value = str(value)
+    if value.isdigit() and int(value) < len(DROP_TYPES):
+        return DROP_TYPES[int(value)]
+    if value not in DROP_TYPES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(DROP_TYPES)} or 0-3, got {value!r}")
+    return value
+
+
 def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="effdrop-train", description=__doc__, add_help=add_help, allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -117,7 +127,7 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
                             "3 conv-drop-norm-ReLU (default: 0)")
     model.add_argument("--norm", default="bn", choices=("bn", "gn"), help="BatchNorm or GroupNorm (default: bn)")
     model.add_argument("--gn-groups", "--gn_groups", type=int, default=8, help="GroupNorm groups (default: 8)")
-    model.add_argument("--drop-type", "--drop_type", default="channel",
+    model.add_argument("--drop-type", "--drop_type", type=drop_type_name, default="channel",
                        help="neuron, channel, path or layer, or the paper repository's 0-3 (default: channel)")
     model.add_argument("--drop-rate", "--drop_rate", type=float, default=0.1,
                        help="dropout rate; drop-layer: the last block's, rising linearly with depth (default: 0.1)")
@@ -162,9 +172,9 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     run.add_argument("--log-all-ranks", action="store_true", help="DDP: every rank logs (only rank 0 writes files)")
 
     original = parser.add_argument_group("the paper repository's flags (ooibc88/dropout train.py)",
-                                         "--net_type, --epoch, --batch_size, --weight_decay, --lr_scheduler, "
-                                         "--block_type, --gn_groups, --drop_type, --drop_rate, --exp_name and "
-                                         "--report_ratio are aliases listed above; besides them:")
+                                         "--net_type, --epoch, --batch_size, --weight_decay, --lr_scheduler,\n"
+                                         "--block_type, --gn_groups, --drop_type, --drop_rate, --exp_name and\n"
+                                         "--report_ratio are the aliases above; besides them:")
     original.add_argument("--arg1", type=int, default=None,
                           help="wrn: --widen-factor, densenet: --growth-rate, resnext: --cardinality, "
                                "resnet: its widen factor, which must be 1")
@@ -202,11 +212,16 @@ def _check_config_types(parser: argparse.ArgumentParser, args: argparse.Namespac
             continue  # (a store-const alias such as --use_gn is checked through its main option)
         value = getattr(args, action.dest)
         wanted = bool if action.nargs == 0 else action.type or str
-        if wanted is float and isinstance(value, int) and not isinstance(value, bool):
+        if not isinstance(wanted, type):  # a converting function such as drop_type_name
+            try:
+                value = wanted(value)
+            except argparse.ArgumentTypeError as error:
+                raise UsageError(f"--config: {action.dest} {error}") from error
+        elif wanted is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
-            setattr(args, action.dest, value)
-        if not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
+        elif not isinstance(value, wanted) or (wanted is int and isinstance(value, bool)):
             raise UsageError(f"--config: {action.dest} must be {wanted.__name__}, got {value!r}")
+        setattr(args, action.dest, value)
         if action.choices is not None and value not in action.choices:
             raise UsageError(f"--config: {action.dest} must be one of {list(action.choices)}, got {value!r}")
 
@@ -255,12 +270,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
                 raise UsageError(f"--{option.replace('_', '-')} applies to {family_name}, not to {cfg['model']}")
     if cfg["depth"] is None and cfg["model"] == family:  # a preset (e.g. preresnet164) keeps its own depth
         cfg["depth"] = SMALLEST_DEPTH[family]
-    drop_type = str(cfg["drop_type"])
-    if drop_type.isdigit() and int(drop_type) < len(DROP_TYPES):
-        drop_type = DROP_TYPES[int(drop_type)]
-    if drop_type not in DROP_TYPES:
-        raise UsageError(f"--drop-type must be one of {', '.join(DROP_TYPES)} or 0-3, got {cfg['drop_type']!r}")
-    cfg["drop_type"] = drop_type
+    try:
+        cfg["drop_type"] = drop_type_name(cfg["drop_type"])
+    except argparse.ArgumentTypeError as error:
+        raise UsageError(f"--drop-type {error}") from error
     _check_ranges(cfg)
     if cfg["workers"] is None:
         cfg["workers"] = 0 if cfg["dataset"] == "digits" else min(4, os.cpu_count() or 1)
@@ -389,7 +402,7 @@ def _run_dir(cfg: argparse.Namespace) -> Tuple[Path, Optional[Path]]:
         run_dir = Path(cfg.output_dir) if cfg.output_dir else resume.parent
     else:
         run_dir = Path(cfg.output_dir) if cfg.output_dir else _default_dir(cfg)
-    if resume is None or resume.resolve().parent != run_dir.resolve():
+    if resume is None or resume.resolve() != (run_dir / "last.pt").resolve():  # only a run's own last.pt moves on
         existing = [name for name in ("last.pt", "best.pt") if (run_dir / name).exists()]
         if existing:
             raise UsageError(f"{run_dir} already holds {' and '.join(existing)} of another run; continue it with "
@@ -482,7 +495,7 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.amp == "fp16")
         self.start_epoch, self.start_step, self.start_totals = 0, 0, None
         self.best = {"epoch": None, "val_top1_err": None, "val_loss": None}
-        # dropout masks differ per rank: seed + rank for every generator drawn from from here on
+        # dropout masks differ per rank: seed + rank for every generator used from here on
         torch.manual_seed(cfg.seed + info.rank)
         random.seed(cfg.seed + info.rank)
         np.random.seed(cfg.seed + info.rank)
@@ -660,8 +673,8 @@ class _Trainer:
             totals, done = self.train_epoch(epoch, self.start_step, self.start_totals)
             if done < len(self.train_loader):
                 self._save(self._checkpoint(epoch, done, totals, loader_state), "last.pt")
-                logger.warning("saved %s at epoch %d, step %d/%d", self.run_dir / "last.pt", epoch, done,
-                               len(self.train_loader))
+                logger.warning("saved %s at epoch %d, step %d/%d; continue with --resume auto --output-dir %s",
+                               self.run_dir / "last.pt", epoch, done, len(self.train_loader), self.run_dir)
                 raise TrainingInterrupted(self.stop.signum or signal.SIGTERM)
             train_time = time.perf_counter() - epoch_started
             local_images = totals[2].item() - counted_before
@@ -688,7 +701,8 @@ class _Trainer:
             self._save(ckpt, *(("last.pt", "best.pt") if improved else ("last.pt",)))
             self.start_step, self.start_totals = 0, None
             if any_rank(self.stop.signum is not None, info, self.device):
-                logger.warning("saved %s after epoch %d", self.run_dir / "last.pt", epoch + 1)
+                logger.warning("saved %s after epoch %d; continue with --resume auto --output-dir %s",
+                               self.run_dir / "last.pt", epoch + 1, self.run_dir)
                 raise TrainingInterrupted(self.stop.signum or signal.SIGTERM)
         return self._finish(time.perf_counter() - started)
 

@@ -11,6 +11,7 @@ folder, the digits test part) is only evaluated at the end of training.
 from __future__ import annotations
 
 import dataclasses
+import signal
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -160,6 +161,12 @@ def load_datasets(name: str, data_dir: str, download: bool = False, val_split: f
     return DataSplits(_Part(base, train_idx, train_transform), val, test, num_classes, 3)
 
 
+def _ignore_sigint(worker_id: int) -> None:
+    """Ctrl-C signals the terminal's whole process group: workers leave it to the main process, which
+    finishes its step and saves, instead of dying under it (a dead worker fails the next batch)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loaders(splits: DataSplits, batch_size: int, workers: int, info: DistInfo, generator: torch.Generator,
                  seed: int, pin_memory: bool):
     """(train, val or None, test) loaders. Training: shuffled by ``generator`` (which also seeds the
@@ -168,7 +175,7 @@ def make_loaders(splits: DataSplits, batch_size: int, workers: int, info: DistIn
     step normalizes a batch of one. Evaluation: every sample once, split over the ranks without padding.
     Workers are not persistent: a fresh set per epoch, seeded from ``generator``, is what makes a
     resumed epoch draw the same augmentations."""
-    common = dict(num_workers=workers, pin_memory=pin_memory)
+    common = dict(num_workers=workers, pin_memory=pin_memory, worker_init_fn=_ignore_sigint if workers else None)
     if info.enabled:
         sampler = DistributedSampler(splits.train, info.world_size, info.rank, shuffle=True, seed=seed)
         train = DataLoader(splits.train, batch_size, sampler=sampler, drop_last=True, generator=generator, **common)

@@ -207,19 +207,27 @@ def test_stop_signal_mid_epoch_saves_and_resumes_exactly(cifar10, tmp_path, monk
     assert resumed[1]["val_loss"] == straight[1]["val_loss"]
 
 
-def test_sigterm_to_a_running_process_leaves_a_resumable_last_pt(tmp_path):
+@pytest.mark.parametrize("signum, group, workers", [
+    (signal.SIGTERM, False, 0),   # kill <pid>
+    (signal.SIGINT, True, 2),     # Ctrl-C: the terminal signals the whole process group, loader workers too
+])
+def test_signal_to_a_running_process_leaves_a_resumable_last_pt(signum, group, workers, tmp_path):
     out = tmp_path / "run"
     args = ["--model", "wrn", "--depth", "10", "--widen-factor", "1", "--batch-size", "8", "--epochs", "2",
-            "--no-progress", "--output-dir", str(out)]
-    process = subprocess.Popen([str(BIN / "effdrop-train"), *args], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+            "--workers", str(workers), "--no-progress", "--output-dir", str(out)]
+    process = subprocess.Popen([str(BIN / "effdrop-train"), *args], stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+                               start_new_session=True)
     deadline = time.time() + 120
     while not (out / "config.yaml").exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.05)
     time.sleep(1.0)  # into the first epoch (157 steps)
-    process.send_signal(signal.SIGTERM)
+    if group:
+        os.killpg(process.pid, signum)
+    else:
+        process.send_signal(signum)
     _, err = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, err
-    assert "SIGTERM received" in err and "Traceback" not in err
+    assert process.returncode == 128 + signum, err
+    assert f"{signal.Signals(signum).name} received" in err and "Traceback" not in err
     ckpt = load_checkpoint(out / "last.pt")
     assert (ckpt["epoch"], ckpt["step"]) != (0, 0)
     assert f"at epoch {ckpt['epoch']}, step {ckpt['step']}/157" in err or ckpt["step"] == 0
@@ -342,7 +350,7 @@ def test_corrupt_cifar_file_exits_2(cifar10, tmp_path, capsys):
     (["--model", "densenet", "--drop-type", "layer"], "densenet has none"),
     (["--model", "wrn", "--depth", "11"], "wrn depth must be 6n+4"),
     (["--model", "preresnet", "--growth-rate", "12"], "--growth-rate applies to densenet"),
-    (["--drop-type", "dropblock"], "--drop-type must be one of"),
+    (["--drop-type", "dropblock"], "must be one of neuron, channel, path, layer or 0-3, got 'dropblock'"),
     (["--lr", "0"], "--lr must be > 0"),
 ])
 def test_bad_model_settings_exit_2_before_loading_data(argv, message, tmp_path, capsys):
@@ -393,14 +401,15 @@ def test_corrupt_or_mismatched_checkpoint_exits_2_and_is_left_alone(cifar10, tmp
 
 def test_yaml_config_gives_defaults_the_command_line_overrides(tmp_path, capsys):
     config = tmp_path / "run.yaml"
-    config.write_text("model: wrn\ndepth: 16\ndrop-rate: 0.3\nlr: 1e-2\nnesterov: true\nsched: wrn\n")
+    config.write_text("model: wrn\ndepth: 16\ndrop-rate: 0.3\nlr: 1e-2\nnesterov: true\nsched: wrn\ndrop_type: 3\n")
     args = train.parse_args(["--config", str(config), "--drop-rate", "0.2"])
-    assert (args.model, args.depth, args.drop_rate, args.lr, args.nesterov, args.sched) == ("wrn", 16, 0.2, 0.01,
-                                                                                            True, "wrn")
+    assert (args.model, args.depth, args.drop_rate, args.lr, args.nesterov, args.sched, args.drop_type) == \
+           ("wrn", 16, 0.2, 0.01, True, "wrn", "layer")
     assert train.parse_args([]).model == "preresnet"  # the defaults themselves are untouched
 
     for text, message in (("dropout_rate: 0.1\n", "unknown key dropout_rate"), ("sched: linear\n", "sched must be one of"),
-                          ("epochs: 1.5\n", "epochs must be int"), ("- 1\n", "must be a mapping")):
+                          ("epochs: 1.5\n", "epochs must be int"), ("- 1\n", "must be a mapping"),
+                          ("drop_type: 7\n", "drop_type must be one of")):
         config.write_text(text)
         status, err = cli_exit(["--config", config], capsys)
         assert status == 2 and message in err, err
@@ -415,6 +424,14 @@ def test_amp_and_channels_last_train(cifar10, tmp_path):
         assert np.isfinite(record["train_loss"]) and record["val_loss"] is None
         assert not (tmp_path / amp / "best.pt").exists()  # no validation split: nothing to choose on
         assert "scale" in load_checkpoint(tmp_path / amp / "last.pt")["scaler"] or amp == "bf16"
+
+
+def test_compiled_model_trains_and_checkpoints_the_plain_model(cifar10, tmp_path):
+    run(cifar_args(cifar10, tmp_path / "run", "--epochs", 1, "--compile", "--workers", 0))
+    (record,) = metrics(tmp_path / "run")
+    assert np.isfinite(record["train_loss"]) and np.isfinite(record["val_loss"])
+    model = build_model("wrn", depth=10, widen_factor=1, num_classes=10, in_channels=3, drop_rate=0.1)
+    model.load_state_dict(weights(tmp_path / "run" / "last.pt"))  # no torch.compile wrapper prefixes
 
 
 def test_embedded_default_learns_the_digits(tmp_path):
