@@ -72,10 +72,14 @@ def expected_files(name: str, root: Path, svhn_extra: bool = False) -> List[Path
     return [root / "train", root / "val"]
 
 
-def _missing_message(name: str, root: Path, files: Sequence[Path], svhn_extra: bool, detail: str = "") -> str:
+def _missing_message(name: str, root: Path, files: Sequence[Path], download: bool, detail: str = "") -> str:
     listing = "\n  ".join(str(f) + ("/<class>/<image>" if name == "imagenet" else "") for f in files)
-    remedy = ("ImageNet-style folders are not downloadable: put them there by hand" if name == "imagenet"
-              else "pass --download to fetch them there, or point --data-dir at a folder that has them")
+    if name == "imagenet":
+        remedy = "ImageNet-style folders are not downloadable: put them there by hand"
+    elif download:
+        remedy = "--download did not get them: check the network, or put the files there by hand"
+    else:
+        remedy = "pass --download to fetch them there, or point --data-dir at a folder that has them"
     return f"{name} data set not found in {root}{detail}; expected:\n  {listing}\n{remedy}"
 
 
@@ -144,15 +148,15 @@ def load_datasets(name: str, data_dir: str, download: bool = False, val_split: f
     root = Path(data_dir).expanduser()
     files = expected_files(name, root, svhn_extra)
     if name == "imagenet" and download:
-        raise DatasetNotFound(_missing_message(name, root, files, svhn_extra, " (--download cannot fetch ImageNet)"))
+        raise DatasetNotFound(_missing_message(name, root, files, download, " (--download cannot fetch ImageNet)"))
     missing = [f for f in files if not f.exists()]
     if missing and not download:
-        raise DatasetNotFound(_missing_message(name, root, missing, svhn_extra))
+        raise DatasetNotFound(_missing_message(name, root, missing, download))
     train_transform, eval_transform = transforms_for(name)
     try:
         base, targets, test, num_classes = _torchvision_sets(name, root, download, svhn_extra, eval_transform)
     except (RuntimeError, OSError) as error:  # torchvision: corrupted (md5) files, failed download, no images
-        raise DatasetNotFound(_missing_message(name, root, files, svhn_extra, f" or unreadable ({error})")) from error
+        raise DatasetNotFound(_missing_message(name, root, files, download, f" or unreadable ({error})")) from error
     if val_split:
         train_idx, val_idx = stratified_split(targets, val_split, SPLIT_SEED)
         val = _Part(base, val_idx, eval_transform)
