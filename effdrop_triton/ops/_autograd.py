@@ -125,7 +125,7 @@ class _EagerOp(torch.autograd.Function):
         flat = iter(flat)
         args = [[next(flat) for _ in range(n)] if n >= 0 else next(flat) for n in layout]
         out = formula.impl(*args)
-        ctx.formula, ctx.layout, ctx.op_ctx = formula, layout, _OpContext(layout)
+        ctx.formula, ctx.op_ctx = formula, _OpContext(layout)
         ctx.op_ctx._ctx = ctx
         formula.setup_context(ctx.op_ctx, args, out)
         ctx.op_ctx._ctx = None
@@ -147,7 +147,7 @@ class _EagerOp(torch.autograd.Function):
         finally:
             op_ctx._ctx = None
         flat = []
-        for grad, n in zip(result, ctx.layout):
+        for grad, n in zip(result, op_ctx._layout):
             if n < 0:
                 flat.append(grad)
             else:
