@@ -13,6 +13,8 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 def check_p(p, name: str = "p") -> float:
     """A drop probability as a Python float in [0, 1]."""
+    if type(p) is float and 0.0 <= p <= 1.0:  # the common case, checked first (NaN fails the comparison)
+        return p
     if isinstance(p, torch.Tensor):
         if p.numel() != 1 or p.dtype == torch.bool or p.is_complex():
             raise TypeError(f"{name} must be a real number or a one-element tensor, got a tensor of shape {tuple(p.shape)} and dtype {p.dtype}")
@@ -55,12 +57,12 @@ def check_seed(seed) -> None:
 
 
 def resolve_seed(seed, device: torch.device) -> torch.Tensor:
-    """A 0-d int64 seed tensor on ``device``; ``None`` draws one from PyTorch's default generator."""
-    check_seed(seed)
+    """A 0-d int64 seed tensor on ``device`` (``seed`` already checked); ``None`` draws one from
+    PyTorch's default generator of that device."""
     if seed is None:
         return torch.randint(0, SEED_LIMIT - 1, (), dtype=torch.int64, device=device)
     if isinstance(seed, torch.Tensor):
-        return seed.to(device)
+        return seed if seed.device == device else seed.to(device)
     return torch.tensor(int(seed), dtype=torch.int64, device=device)
 
 

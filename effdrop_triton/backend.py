@@ -53,7 +53,9 @@ def _interpreting() -> bool:
 
 
 _has_triton = None
+_interpret = None  # TRITON_INTERPRET as read at the first call (Triton reads it when the kernels are defined)
 _supported_cuda_devices = {}
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def has_triton() -> bool:
@@ -79,15 +81,18 @@ def _cuda_device_supported(index: int) -> bool:
 
 def _why_not_triton(tensor: torch.Tensor):
     """Why the Triton kernels cannot run on ``tensor``, or None when they can."""
-    if tensor.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+    global _interpret
+    if tensor.dtype not in TRITON_DTYPES:
         return f"the Triton kernels take fp32/fp16/bf16, not {tensor.dtype}"
     if not has_triton():
         return "triton is not installed (or fails to import)"
-    if _interpreting():
+    if _interpret is None:
+        _interpret = _interpreting()
+    if _interpret:
         return None
-    if tensor.device.type != "cuda":
+    if not tensor.is_cuda:
         return f"Triton cannot run on device {tensor.device} (set TRITON_INTERPRET=1 for the CPU interpreter)"
-    if not _cuda_device_supported(tensor.device.index if tensor.device.index is not None else torch.cuda.current_device()):
+    if not _cuda_device_supported(tensor.get_device()):
         return f"{torch.cuda.get_device_name(tensor.device)} is older than compute capability {MIN_CUDA_CAPABILITY}"
     return None
 
@@ -101,6 +106,9 @@ def use_triton(tensor: torch.Tensor) -> bool:
     """Decide the backend for one call; raises when ``"triton"`` is forced but cannot run."""
     if _backend == "torch":
         return False
+    if _has_triton and tensor.dtype in TRITON_DTYPES:  # the common cases, decided by an earlier call
+        if _interpret or (tensor.is_cuda and _supported_cuda_devices.get(tensor.get_device())):
+            return True
     reason = _why_not_triton(tensor)
     if reason is not None and _backend == "triton":
         raise RuntimeError(f"backend 'triton' was requested but {reason}; use set_backend('auto') or 'torch'")

@@ -8,7 +8,7 @@ from torch import Tensor, nn
 
 from ._checks import check_p
 from .modules import DropChannel, DropNeuron
-from .norm_act import BatchNormActDrop2d, GroupNormActDrop, NormActDrop, apply_norm_act_drop, check_inner_drop_type
+from .norm_act import BatchNormActDrop2d, GroupNormActDrop, NormActDrop, check_inner_drop_type
 
 BLOCK_TYPES = {
     0: "norm-ReLU-drop-conv",
@@ -91,7 +91,7 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.block_type == 0 and isinstance(self.norm, NormActDrop):
             # norm-ReLU-drop and the conv in one autograd node: backward recomputes the conv input
-            return apply_norm_act_drop(self.norm, x, self.norm._norm_args(), conv=self.conv)
+            return self.norm.run(x, self.conv)
         for module in self.children():
             x = module(x)
         return x

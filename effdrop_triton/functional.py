@@ -2,18 +2,17 @@
 
 Each validates its arguments, returns its input unchanged when ``training`` is False
 or ``p == 0`` (no kernel launch), draws a seed from PyTorch's default generator when
-none is given, and calls the ``effdrop`` custom op on the selected backend (``ops._autograd.call``:
-its implementation directly when nothing traces the call).
+none is given, and calls the ``effdrop`` op on the selected backend (``ops._autograd.Op``: its
+implementation in a plain ``autograd.Function`` when nothing traces the call).
 """
 
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import NamedTuple, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
-from .ops._autograd import call
 from .ops.drop_channel import drop_channel_op
 from .ops.drop_layer import drop_layer_op
 from .ops.drop_neuron import drop_neuron_op
@@ -34,7 +33,7 @@ def drop_neuron(x: Tensor, p: float, training: bool = True, seed: Seed = None) -
     check_seed(seed)
     if not training or p == 0.0:
         return x
-    return call(drop_neuron_op, x, resolve_seed(seed, x.device), p, use_triton(x))
+    return drop_neuron_op(x, resolve_seed(seed, x.device), p, use_triton(x))
 
 
 def drop_channel(x: Tensor, p: float, training: bool = True, seed: Seed = None) -> Tensor:
@@ -46,7 +45,7 @@ def drop_channel(x: Tensor, p: float, training: bool = True, seed: Seed = None) 
     check_seed(seed)
     if not training or p == 0.0:
         return x
-    return call(drop_channel_op, x, resolve_seed(seed, x.device), p, use_triton(x))
+    return drop_channel_op(x, resolve_seed(seed, x.device), p, use_triton(x))
 
 
 def _check_branches(branches: Sequence[Tensor]) -> list:
@@ -90,7 +89,7 @@ def drop_path(branches: Union[Tensor, Sequence[Tensor]], p: float, training: boo
         check_seed(seed)
         if not training or p == 0.0:
             return x
-        return call(drop_path_groups_op, x, resolve_seed(seed, x.device), p, groups, per_sample, use_triton(x))
+        return drop_path_groups_op(x, resolve_seed(seed, x.device), p, groups, per_sample, use_triton(x))
     if groups is not None:
         raise ValueError(f"groups={groups!r} applies to a single tensor; a list of branches already names its paths")
     if not isinstance(branches, (list, tuple)):
@@ -101,7 +100,7 @@ def drop_path(branches: Union[Tensor, Sequence[Tensor]], p: float, training: boo
     if not training or p == 0.0:
         return torch.cat(branches, dim=1)
     first = branches[0]
-    return call(drop_path_cat_op, branches, resolve_seed(seed, first.device), p, per_sample, use_triton(first))
+    return drop_path_cat_op(branches, resolve_seed(seed, first.device), p, per_sample, use_triton(first))
 
 
 def drop_layer(branch: Tensor, shortcut: Tensor, p: float, training: bool = True, mode: str = "sample",
@@ -126,7 +125,7 @@ def drop_layer(branch: Tensor, shortcut: Tensor, p: float, training: bool = True
     check_seed(seed)
     if not training or p == 0.0:
         return shortcut + branch
-    return call(drop_layer_op, branch, shortcut, resolve_seed(seed, branch.device), p, per_sample, use_triton(branch))
+    return drop_layer_op(branch, shortcut, resolve_seed(seed, branch.device), p, per_sample, use_triton(branch))
 
 
 # --- fused norm -> affine -> ReLU -> dropout (the prologue of the norm-ReLU-drop-conv block) ---
@@ -155,7 +154,7 @@ def _check_real(value, name: str, minimum: Optional[float] = None) -> float:
 
 
 def _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training, use_batch_stats,
-                        momentum, eps, act, drop_type, p, seed, input_stats) -> dict:
+                        momentum, num_batches_tracked, eps, act, drop_type, p, seed, input_stats) -> "NormSettings":
     """Validate ``norm_act_drop``'s arguments; returns the resolved settings."""
     check_float_tensor(x, "x")
     if x.dim() < 2:
@@ -176,7 +175,14 @@ def _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_gr
     p = check_p(p)
     check_seed(seed)
     eps = _check_real(eps, "eps", 0.0)
-    momentum = _check_real(momentum, "momentum")
+    if momentum is None:
+        if not (isinstance(num_batches_tracked, Tensor) and num_batches_tracked.dim() == 0
+                and not num_batches_tracked.is_floating_point() and num_batches_tracked.device == x.device):
+            raise ValueError("momentum=None (a cumulative average) needs num_batches_tracked, a 0-d integer tensor on "
+                             f"x's device counting this batch, got {num_batches_tracked!r}")
+    else:
+        momentum = _check_real(momentum, "momentum")
+        num_batches_tracked = None
     C = x.shape[1]
     if norm == "gn":
         if running_mean is not None or running_var is not None:
@@ -199,62 +205,89 @@ def _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_gr
         if batch_stats and count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
     drop = _INNER_DROP_TYPES[drop_type] if training and p > 0.0 else 0
-    return dict(groups=groups, batch_stats=batch_stats, eps=eps, momentum=momentum, p=p, drop=drop)
+    return NormSettings(groups, batch_stats, 0.0 if momentum is None else momentum, num_batches_tracked, eps, act,
+                        drop, p)
 
 
-def _norm_act_drop_stats(x, running_mean, running_var, a: dict, input_stats: bool, triton: bool):
-    """The statistics the apply pass normalizes with, plus the per-channel input statistics when asked.
-    BatchNorm with batch statistics updates the running ones in place, as ``F.batch_norm`` does."""
-    channel_stats = None
-    if a["batch_stats"] or input_stats:
-        need_channel = input_stats or a["groups"] == 0
-        group_mean, group_var, mean_c, var_c = call(norm_stats_op, x.detach(), a["groups"], need_channel, triton)
-        if input_stats:
-            channel_stats = (mean_c, var_c)
-    if a["groups"]:
-        return group_mean, group_var, channel_stats
-    if not a["batch_stats"]:  # a copy: later in-place updates of the buffers must not change this call's backward
-        dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-        return (running_mean.detach().to(dtype, copy=True), running_var.detach().to(dtype, copy=True),
-                channel_stats)
-    if running_mean is not None:
-        count = x.numel() // x.shape[1]
-        momentum = a["momentum"]
-        with torch.no_grad():  # exponential average with the unbiased variance, as F.batch_norm
-            running_mean.mul_(1.0 - momentum).add_(mean_c.to(running_mean.dtype), alpha=momentum)
-            running_var.mul_(1.0 - momentum).add_((var_c * (count / (count - 1))).to(running_var.dtype), alpha=momentum)
-    return mean_c, var_c, channel_stats
+class NormSettings(NamedTuple):
+    """The resolved settings of a norm-act-drop call (what the ops take besides tensors)."""
+    num_groups: int  # 0: BatchNorm
+    batch_stats: bool  # normalize with this batch's statistics (and update the running ones, when given)
+    momentum: float
+    num_batches_tracked: Optional[Tensor]  # momentum=None: the cumulative average's weight is 1 / this
+    eps: float
+    act: bool
+    drop: int  # 0 none, 1 neuron, 2 channel (ops.norm_act_drop.DROP_*)
+    p: float
+
+
+def norm_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], settings: NormSettings,
+               triton: bool) -> Tensor:
+    """The ``(2, R, G)`` statistics the apply pass normalizes with. BatchNorm with batch statistics
+    updates the running ones in place, as ``F.batch_norm`` does; with running statistics they are
+    stacked into a copy (later in-place updates of the buffers must not change this call's backward)."""
+    if settings.batch_stats:
+        return norm_stats_op(x, running_mean, running_var, settings.num_batches_tracked, settings.num_groups,
+                             settings.momentum, triton)
+    return torch.stack((running_mean, running_var)).view(2, 1, x.shape[1])
+
+
+def input_channel_stats(x: Tensor):
+    """Per-channel fp32 mean and biased variance of an ``(N, C, *)`` tensor over ``(N, *spatial)``, detached."""
+    var, mean = torch.var_mean(x.detach().float(), dim=[0, *range(2, x.dim())], correction=0)
+    return mean, var
 
 
 def norm_act_drop(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
                   running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None, *, norm: str = "bn",
                   num_groups: Optional[int] = None, training: bool = True, use_batch_stats: Optional[bool] = None,
-                  momentum: float = 0.1, eps: float = 1e-5, act: bool = True, drop_type: Union[str, int] = "channel",
-                  p: float = 0.0, seed: Seed = None, input_stats: bool = False):
+                  momentum: Optional[float] = 0.1, num_batches_tracked: Optional[Tensor] = None, eps: float = 1e-5,
+                  act: bool = True, drop_type: Union[str, int] = "channel", p: float = 0.0, seed: Seed = None,
+                  input_stats: bool = False):
     """norm -> affine -> ReLU (``act``) -> drop-neuron / drop-channel (``drop_type`` "neuron"/"channel" or 0/1), fused.
 
     ``norm="bn"`` (BatchNorm) or ``"gn"`` (GroupNorm with ``num_groups``). ``training``: dropout is
     active (and, for BatchNorm, batch statistics are the default). ``use_batch_stats`` (BatchNorm
     only): None -> ``training`` or running statistics absent, as ``nn.BatchNorm2d``. BatchNorm with
     batch statistics and running statistics given updates ``running_mean``/``running_var`` in place
-    like ``F.batch_norm`` (``momentum`` is the exponential factor; the variance is unbiased).
+    like ``F.batch_norm`` (``momentum`` is the exponential factor; the variance is unbiased), on the
+    device; ``momentum=None`` is the cumulative average, with weight ``1 / num_batches_tracked``
+    read on the device (a 0-d integer tensor that already counts this batch, as ``nn.BatchNorm2d``'s).
     The dropout mask is the one ``drop_neuron`` / ``drop_channel`` draws for the same seed and shape.
 
-    Backward keeps ``x`` and the per-channel statistics (nothing else per element) and recomputes
-    the masks. ``input_stats=True`` returns ``(y, (mean_c, var_c))``: the per-channel fp32 mean and
-    biased variance of ``x`` over ``(N, *spatial)``, detached, from the same statistics pass.
+    Backward keeps ``x`` and the statistics (nothing else per element) and recomputes the masks.
+    ``input_stats=True`` returns ``(y, (mean_c, var_c))``: the per-channel fp32 mean and biased
+    variance of ``x`` over ``(N, *spatial)``, detached.
     """
-    a = _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training, use_batch_stats,
-                            momentum, eps, act, drop_type, p, seed, input_stats)
+    settings = _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training,
+                                   use_batch_stats, momentum, num_batches_tracked, eps, act, drop_type, p, seed,
+                                   input_stats)
+    return fused_norm_act_drop(x, weight, bias, running_mean, running_var, settings, seed, input_stats)
+
+
+def fused_norm_act_drop(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                        running_var: Optional[Tensor], settings: NormSettings, seed: Seed = None,
+                        input_stats: bool = False, conv: Optional[tuple] = None):
+    """``norm_act_drop`` (or, with ``conv = (conv_weight, conv_bias, stride, padding, dilation, groups)``,
+    ``norm_act_drop_conv2d``) with checked arguments: the statistics op, the seed draw and the fused op."""
     triton = use_triton(x)
-    mean, var, channel_stats = _norm_act_drop_stats(x, running_mean, running_var, a, input_stats, triton)
-    seed_tensor = resolve_seed(seed, x.device) if a["drop"] else None
-    y = call(norm_act_drop_op, x, weight, bias, mean, var, seed_tensor, a["groups"], a["batch_stats"],
-                                        a["eps"], act, a["drop"], a["p"], triton)
-    return (y, channel_stats) if input_stats else y
+    stats = norm_stats(x, running_mean, running_var, settings, triton)
+    seed_tensor = resolve_seed(seed, x.device) if settings.drop else None
+    args = (settings.num_groups, settings.eps, settings.act, settings.drop, settings.p, settings.batch_stats, triton)
+    if conv is None:
+        y = norm_act_drop_op(x, weight, bias, stats, seed_tensor, *args)
+    else:
+        y = norm_act_drop_conv2d_op(x, weight, bias, stats, seed_tensor, *conv, *args)
+    if not input_stats:
+        return y
+    if settings.batch_stats and not settings.num_groups and x.dtype != torch.float64:
+        return y, (stats[0, 0], stats[1, 0])  # BatchNorm's batch statistics are the input's
+    return y, input_channel_stats(x)
 
 
 def _pair(value, name: str) -> list:
+    if type(value) is tuple and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        return list(value)  # nn.Conv2d's own settings: checked first
     if isinstance(value, int) and not isinstance(value, bool):
         return [value, value]
     if isinstance(value, (tuple, list)) and len(value) == 2 and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
@@ -293,14 +326,15 @@ def norm_act_drop_conv2d(x: Tensor, weight: Optional[Tensor], bias: Optional[Ten
                          running_var: Optional[Tensor], conv_weight: Tensor, conv_bias: Optional[Tensor] = None,
                          stride=1, padding=0, dilation=1, groups: int = 1, *, norm: str = "bn",
                          num_groups: Optional[int] = None, training: bool = True,
-                         use_batch_stats: Optional[bool] = None, momentum: float = 0.1, eps: float = 1e-5,
-                         act: bool = True, drop_type: Union[str, int] = "channel", p: float = 0.0, seed: Seed = None,
+                         use_batch_stats: Optional[bool] = None, momentum: Optional[float] = 0.1,
+                         num_batches_tracked: Optional[Tensor] = None, eps: float = 1e-5, act: bool = True, drop_type: Union[str, int] = "channel", p: float = 0.0, seed: Seed = None,
                          input_stats: bool = False):
     """``conv2d(norm_act_drop(x, ...), conv_weight, conv_bias, stride, padding, dilation, groups)`` whose
     backward recomputes the convolution's input from ``x``: it saves ``x``, the statistics, the seed
     and the parameters, never the convolution's input. Keyword arguments as ``norm_act_drop``."""
-    a = _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training, use_batch_stats,
-                            momentum, eps, act, drop_type, p, seed, input_stats)
+    settings = _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training,
+                                   use_batch_stats, momentum, num_batches_tracked, eps, act, drop_type, p, seed,
+                                   input_stats)
     check_float_tensor(conv_weight, "conv_weight")
     if x.dim() != 4 or conv_weight.dim() != 4:
         raise ValueError(f"norm_act_drop_conv2d needs 4-d x and conv_weight, got shapes {tuple(x.shape)} and {tuple(conv_weight.shape)}")
@@ -313,13 +347,14 @@ def norm_act_drop_conv2d(x: Tensor, weight: Optional[Tensor], bias: Optional[Ten
         check_float_tensor(conv_bias, "conv_bias")
         if conv_bias.shape != (conv_weight.shape[0],):
             raise ValueError(f"conv_bias must have shape ({conv_weight.shape[0]},), got {tuple(conv_bias.shape)}")
+    return fused_norm_act_drop(x, weight, bias, running_mean, running_var, settings, seed, input_stats,
+                               conv_args(x, conv_weight, conv_bias, stride, padding, dilation, groups))
+
+
+def conv_args(x: Tensor, conv_weight: Tensor, conv_bias: Optional[Tensor], stride, padding, dilation, groups: int):
+    """The convolution's arguments as the fused op takes them (pairs as lists, parameters in the dtype
+    the convolution computes in)."""
     stride, dilation = _pair(stride, "stride"), _pair(dilation, "dilation")
     padding = _conv_padding(padding, conv_weight, dilation)
     conv_weight, conv_bias = _conv_compute_params(x, conv_weight, conv_bias)
-    triton = use_triton(x)
-    mean, var, channel_stats = _norm_act_drop_stats(x, running_mean, running_var, a, input_stats, triton)
-    seed_tensor = resolve_seed(seed, x.device) if a["drop"] else None
-    out = call(norm_act_drop_conv2d_op, x, weight, bias, mean, var, seed_tensor, conv_weight, conv_bias,
-                                                 stride, padding, dilation, groups, a["groups"], a["batch_stats"],
-                                                 a["eps"], act, a["drop"], a["p"], triton)
-    return (out, channel_stats) if input_stats else out
+    return conv_weight, conv_bias, stride, padding, dilation, groups

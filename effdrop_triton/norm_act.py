@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ._checks import check_p
 from . import functional
-from .functional import drop_channel, drop_neuron
+from .functional import NormSettings, conv_args, drop_channel, drop_neuron, fused_norm_act_drop, input_channel_stats
 from .modules import drop_type_index
 
 _INNER_DROPS = {0: "neuron", 1: "channel"}
@@ -83,6 +83,30 @@ class ActDrop(InputStats):
             y = F.relu(y)
         return (drop_neuron if self.drop_type == "neuron" else drop_channel)(y, self.drop_rate, self.training)
 
+    def _drop_code(self) -> int:
+        """The fused op's dropout code: 0 none, 1 neuron, 2 channel (``ops.norm_act_drop.DROP_*``)."""
+        if not self.training or self.drop_rate == 0.0:
+            return 0
+        return 1 if self.drop_type == "neuron" else 2
+
+    def run(self, x: Tensor, conv: Optional[nn.Conv2d] = None) -> Tensor:
+        """This module's norm-act-drop on ``x`` (then ``conv`` if given), fused or eager, recording the
+        input statistics when the module tracks them."""
+        settings, running_mean, running_var = self._settings(x)
+        if not self.fused:
+            if self.track_stats:
+                self.record_input_stats(*input_channel_stats(x))
+            out = self.act_drop(self._eager_norm(x, settings, running_mean, running_var))
+            return out if conv is None else conv(out)
+        if conv is not None:
+            conv = conv_args(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        out = fused_norm_act_drop(x, self.weight, self.bias, running_mean, running_var, settings,
+                                  input_stats=self.track_stats, conv=conv)
+        if self.track_stats:
+            out, (mean, var) = out
+            self.record_input_stats(mean, var)
+        return out
+
     def _act_drop_repr(self) -> str:
         return (f"act={self.act}, drop_type={self.drop_type!r}, drop_rate={self.drop_rate}, fused={self.fused}, "
                 f"track_stats={self.track_stats}")
@@ -98,23 +122,33 @@ class BatchNormActDrop2d(nn.BatchNorm2d, ActDrop):
         self.fused = bool(fused)
         self._init_act_drop(num_features, act, drop_type, drop_rate, track_stats)
 
-    def _norm_args(self) -> dict:
-        """The ``norm_act_drop`` arguments of this module's current state (as ``nn.BatchNorm2d.forward``)."""
-        factor = 0.0 if self.momentum is None else self.momentum
-        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+    def _settings(self, x: Tensor):
+        """``(settings, running_mean, running_var)`` of this call, counting the batch, as ``nn.BatchNorm2d.forward``
+        (the cumulative average, ``momentum=None``, reads the count on the device)."""
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"expected {self.num_features} channels (dim 1 of the input), got input of shape {tuple(x.shape)}")
+        training = self.training
+        counter = None
+        if training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
-            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-        use_running = not self.training or self.track_running_stats
-        return dict(weight=self.weight, bias=self.bias,
-                    running_mean=self.running_mean if use_running else None,
-                    running_var=self.running_var if use_running else None,
-                    norm="bn", training=self.training,
-                    use_batch_stats=self.training or (self.running_mean is None and self.running_var is None),
-                    momentum=factor, eps=self.eps, act=self.act, drop_type=self.drop_type, p=self.drop_rate)
+            if self.momentum is None:
+                counter = self.num_batches_tracked
+        use_running = not training or self.track_running_stats
+        batch_stats = training or (self.running_mean is None and self.running_var is None)
+        settings = NormSettings(0, batch_stats, 0.0 if self.momentum is None else self.momentum, counter, self.eps,
+                                self.act, self._drop_code(), self.drop_rate)
+        return settings, self.running_mean if use_running else None, self.running_var if use_running else None
+
+    def _eager_norm(self, x: Tensor, settings: NormSettings, running_mean, running_var) -> Tensor:
+        momentum = settings.momentum
+        if settings.num_batches_tracked is not None:  # the cumulative average (nn.BatchNorm2d reads the count too)
+            momentum = 1.0 / float(settings.num_batches_tracked)
+        return F.batch_norm(x, running_mean, running_var, self.weight, self.bias, settings.batch_stats, momentum,
+                            self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input_dim(x)
-        return apply_norm_act_drop(self, x, self._norm_args())
+        return self.run(x)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._act_drop_repr()}"
@@ -132,13 +166,17 @@ class GroupNormActDrop(nn.GroupNorm, ActDrop):
         self.fused = bool(fused)
         self._init_act_drop(num_channels, act, drop_type, drop_rate, track_stats)
 
-    def _norm_args(self) -> dict:
-        return dict(weight=self.weight, bias=self.bias, running_mean=None, running_var=None, norm="gn",
-                    num_groups=self.num_groups, training=self.training, eps=self.eps, act=self.act,
-                    drop_type=self.drop_type, p=self.drop_rate)
+    def _settings(self, x: Tensor):
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"expected {self.num_channels} channels (dim 1 of the input), got input of shape {tuple(x.shape)}")
+        return NormSettings(self.num_groups, True, 0.0, None, self.eps, self.act, self._drop_code(),
+                            self.drop_rate), None, None
+
+    def _eager_norm(self, x: Tensor, settings: NormSettings, running_mean, running_var) -> Tensor:
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        return apply_norm_act_drop(self, x, self._norm_args())
+        return self.run(x)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._act_drop_repr()}"
@@ -192,38 +230,3 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
 
 
 NormActDrop = (BatchNormActDrop2d, GroupNormActDrop)  # the modules that can run the fused op
-
-
-def input_channel_stats(x: Tensor) -> Tuple[Tensor, Tensor]:
-    """Per-channel fp32 mean and biased variance of an ``(N, C, *)`` tensor."""
-    dims = [0] + list(range(2, x.dim()))
-    var, mean = torch.var_mean(x.detach().float(), dim=dims, correction=0)
-    return mean, var
-
-
-def eager_norm(x: Tensor, args: dict) -> Tensor:
-    """PyTorch's own norm with a norm-act-drop module's arguments (the unfused composition's first step)."""
-    if args["norm"] == "bn":
-        return F.batch_norm(x, args["running_mean"], args["running_var"], args["weight"], args["bias"],
-                            args["use_batch_stats"], args["momentum"], args["eps"])
-    return F.group_norm(x, args["num_groups"], args["weight"], args["bias"], args["eps"])
-
-
-def apply_norm_act_drop(module, x: Tensor, args: dict, conv: Optional[nn.Conv2d] = None) -> Tensor:
-    """Run ``module``'s norm-act-drop on ``x`` (then ``conv`` if given), fused or eager, recording
-    the input statistics when the module tracks them."""
-    if module.fused:
-        if conv is None:
-            out = functional.norm_act_drop(x, **args, input_stats=module.track_stats)
-        else:
-            out = functional.norm_act_drop_conv2d(x, conv_weight=conv.weight, conv_bias=conv.bias,
-                                                  stride=conv.stride, padding=conv.padding, dilation=conv.dilation,
-                                                  groups=conv.groups, **args, input_stats=module.track_stats)
-        if module.track_stats:
-            out, (mean, var) = out
-            module.record_input_stats(mean, var)
-        return out
-    if module.track_stats:
-        module.record_input_stats(*input_channel_stats(x))
-    out = module.act_drop(eager_norm(x, args))
-    return out if conv is None else conv(out)

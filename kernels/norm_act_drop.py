@@ -1,12 +1,18 @@
 """Apply pass and backward passes of the fused norm -> affine -> ReLU -> dropout op.
 
-The per-channel constants come in as tables of shape (1, C) (BatchNorm) or (N, C)
-(GroupNorm), read with row stride ``table_sn`` (0 or C). Every pass recomputes the
-affine output ``z = x * scale' + shift'`` with dropout's ``1 / (1 - p)`` folded into the
-affine as the fallback does (``scale' = shift' = 0`` for a dropped channel), so forward
-and backward see the same ReLU mask. Dropout masks follow ``effdrop_triton.philox``:
-drop-channel gates unit ``n * C + c`` on the channel stream, drop-neuron takes the
-16-bit number of the element's logical row-major index on the neuron stream.
+The normalization's statistics come in as one ``(2, R, G)`` tensor: mean and variance per
+channel (BatchNorm: R = 1, G = C, batch or running statistics) or per (sample, group) (GroupNorm:
+R = N). Every pass turns them, with the affine parameters, into ``scale = weight * invstd`` and
+``shift = bias - mean * scale`` for its own channels, and folds dropout's ``1 / (1 - p)`` into them
+as the fallback does (``scale' = shift' = 0`` for a dropped channel), so forward and backward see
+the same affine output ``z = x * scale' + shift'`` and the same ReLU mask, and no per-channel
+table is ever built by PyTorch ops. Dropout masks follow ``effdrop_triton.philox``: drop-channel
+gates unit ``n * C + c`` on the channel stream, drop-neuron takes the 16-bit number of the
+element's logical row-major index on the neuron stream.
+
+Backward is two passes: the first adds each program's sums of ``dz`` and ``dz * xhat`` into the
+weight and bias gradients (and, for GroupNorm, into per-(sample, group) sums) with atomics; the
+second forms ``dx = k1 * dz + k2 * xhat + k3`` with the constants made from those sums in place.
 """
 
 import torch
@@ -27,14 +33,37 @@ DROP_CHANNEL: tl.constexpr = tl.constexpr(2)
 
 
 @triton.jit
-def _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, in_bounds, threshold, dscale,
-                   DROP: tl.constexpr):
-    """``(scale', shift', keep)`` for (n, c) index tensors: the affine with dropout's scale folded in.
+def _affine(stats_ptr, weight_ptr, bias_ptr, n, c, N, C, G, eps, in_bounds, GROUPED: tl.constexpr,
+            HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """``(mean, invstd, scale, shift)`` of (n, c) index tensors from the ``(2, R, G)`` statistics, in fp32
+    with correctly rounded square root and division (the fallback's ``sqrt`` and ``reciprocal``)."""
+    if GROUPED:
+        row = n * G + c // (C // G)
+        var_offset = N * G
+    else:
+        row = c + n * 0
+        var_offset = C
+    mean = tl.load(stats_ptr + row, mask=in_bounds, other=0.0).to(tl.float32)
+    var = tl.load(stats_ptr + var_offset + row, mask=in_bounds, other=1.0).to(tl.float32)
+    invstd = tl.math.div_rn(1.0, tl.math.sqrt_rn(var + eps))
+    scale = invstd
+    if HAS_WEIGHT:
+        scale = tl.load(weight_ptr + c, mask=in_bounds, other=0.0).to(tl.float32) * invstd
+    if HAS_BIAS:
+        shift = tl.load(bias_ptr + c, mask=in_bounds, other=0.0).to(tl.float32) - mean * scale
+    else:
+        shift = -(mean * scale)
+    return mean, invstd, scale, shift
 
-    ``keep`` is the channel gate (always true unless drop-channel)."""
-    table = n * table_sn + c
-    scale = tl.load(scale_ptr + table, mask=in_bounds, other=0.0)
-    shift = tl.load(shift_ptr + table, mask=in_bounds, other=0.0)
+
+@triton.jit
+def _folded_affine(stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, in_bounds, threshold, dscale,
+                   DROP: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """``(mean, invstd, k1, scale', shift', keep)`` of (n, c) index tensors: ``k1 = weight * invstd`` and the
+    affine with dropout's scale folded in; ``keep`` is the channel gate (always true unless drop-channel)."""
+    mean, invstd, scale, shift = _affine(stats_ptr, weight_ptr, bias_ptr, n, c, N, C, G, eps, in_bounds, GROUPED,
+                                         HAS_WEIGHT, HAS_BIAS)
+    k1 = scale
     keep = c >= 0
     if DROP == DROP_CHANNEL:
         keep = unit_keep(tl.load(seed_ptr), n * C + c, STREAM_CHANNEL, threshold)
@@ -43,7 +72,7 @@ def _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, in_bounds,
     elif DROP == DROP_NEURON:
         scale = scale * dscale
         shift = shift * dscale
-    return scale, shift, keep
+    return mean, invstd, k1, scale, shift, keep
 
 
 @triton.jit
@@ -63,18 +92,23 @@ def _tile(N, C, S, num_s_blocks, num_c_blocks, BLOCK_N: tl.constexpr, BLOCK_C: t
 def _norm_act_drop_fwd_kernel(
     x_ptr,  # (N, C, S) strided input
     out_ptr,  # (N, C, S) strided output
-    scale_ptr,  # (1 or N, C) fp32 weight * invstd
-    shift_ptr,  # (1 or N, C) fp32 bias - mean * weight * invstd
+    stats_ptr,  # (2, R, G) mean and variance (per channel: R = 1, G = C; per (sample, group): R = N)
+    weight_ptr,  # (C,) affine weight (read only when HAS_WEIGHT)
+    bias_ptr,  # (C,) affine bias (read only when HAS_BIAS)
     seed_ptr,  # () int64 seed (read only with dropout)
     N, C, S,
     x_sn, x_sc, x_ss,
     out_sn, out_sc, out_ss,
-    table_sn,  # row stride of the tables: 0 (per channel) or C (per sample and channel)
+    G,  # statistics per sample (GroupNorm's groups) or C
+    eps,
     num_s_blocks,
     num_c_blocks,
     threshold,  # keep rule of the dropout level (16-bit neuron or 32-bit unit threshold)
     dscale,  # fp32 1 / (1 - p) (1 without dropout)
     ACT: tl.constexpr,
+    GROUPED: tl.constexpr,  # GroupNorm statistics
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     DROP: tl.constexpr,  # 0 none or 2 channel (drop-neuron runs in _norm_act_drop_neuron_fwd_kernel)
     S_UNIT_STRIDE: tl.constexpr,  # x_ss == out_ss == 1 (NCHW)
     C_UNIT_STRIDE: tl.constexpr,  # x_sc == out_sc == 1 (channels_last)
@@ -84,8 +118,8 @@ def _norm_act_drop_fwd_kernel(
 ):
     n, c, s, nc_in_bounds = _tile(N, C, S, num_s_blocks, num_c_blocks, BLOCK_N, BLOCK_C, BLOCK_S)
     in_bounds = nc_in_bounds & (s < S)
-    scale, shift, keep = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, nc_in_bounds, threshold,
-                                        dscale, DROP)
+    _, _, _, scale, shift, keep = _folded_affine(
+        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
     if S_UNIT_STRIDE:
         x_ss = 1
         out_ss = 1
@@ -113,20 +147,53 @@ def _grad_at_affine(x, dy, scale, shift, keep, dscale, ACT: tl.constexpr):
 
 
 @triton.jit
+def _add_sums(sums_ptr, weight_ptr, n, c, N, C, G, sum_dz, sum_dz_xhat, in_bounds, GROUPED: tl.constexpr,
+              HAS_WEIGHT: tl.constexpr):
+    """Add a program's per-(n, c) sums into the weight and bias gradients and, for GroupNorm, into the
+    per-(sample, group) sums of ``weight * dz`` and ``weight * dz * xhat``."""
+    c = c + n * 0  # one address per value
+    tl.atomic_add(sums_ptr + c, sum_dz_xhat, mask=in_bounds)  # dweight
+    tl.atomic_add(sums_ptr + C + c, sum_dz, mask=in_bounds)  # dbias
+    if GROUPED:
+        if HAS_WEIGHT:
+            w = tl.load(weight_ptr + c, mask=in_bounds, other=0.0).to(tl.float32)
+            sum_dz = w * sum_dz
+            sum_dz_xhat = w * sum_dz_xhat
+        group = 2 * C + n * G + c // (C // G)
+        tl.atomic_add(sums_ptr + group, sum_dz_xhat, mask=in_bounds)
+        tl.atomic_add(sums_ptr + N * G + group, sum_dz, mask=in_bounds)
+
+
+@triton.jit
+def _dx_coefficients(sums_ptr, n, c, N, C, G, S, k1, invstd, in_bounds, GROUPED: tl.constexpr):
+    """``(k2, k3)`` of ``dx = k1 * dz + k2 * xhat + k3`` when the statistics depend on x: minus the means of
+    ``weight * dz * xhat`` and ``weight * dz`` over what each statistic covers, times ``invstd``."""
+    if GROUPED:
+        group = 2 * C + n * G + c // (C // G)
+        count = (C // G) * 1.0 * S
+        mean_dz_xhat = tl.load(sums_ptr + group, mask=in_bounds, other=0.0) / count
+        mean_dz = tl.load(sums_ptr + N * G + group, mask=in_bounds, other=0.0) / count
+        return -invstd * mean_dz_xhat, -invstd * mean_dz
+    count = N * 1.0 * S
+    dweight = tl.load(sums_ptr + c + n * 0, mask=in_bounds, other=0.0)
+    dbias = tl.load(sums_ptr + C + c + n * 0, mask=in_bounds, other=0.0)
+    return -k1 * (dweight / count), -k1 * (dbias / count)
+
+
+@triton.jit
 def _norm_act_drop_bwd_sums_kernel(
     x_ptr,  # (N, C, S) strided input of the forward pass
     dy_ptr,  # (N, C, S) strided gradient of the output
-    sum_dz_ptr,  # (N, C, K) fp32 output: sum of dz over each chunk of positions
-    sum_dz_xhat_ptr,  # (N, C, K) fp32 output: sum of dz * xhat over each chunk
-    scale_ptr,  # (1 or N, C) fp32 weight * invstd
-    shift_ptr,  # (1 or N, C) fp32 bias - mean * weight * invstd
-    mean_ptr,  # (1 or N, C) fp32 mean
-    invstd_ptr,  # (1 or N, C) fp32 1 / sqrt(var + eps)
+    sums_ptr,  # fp32 sums, zeroed, added to: (2, C) dweight and dbias, then (2, N, G) per group (GROUPED)
+    stats_ptr,  # (2, R, G) mean and variance (per channel: R = 1, G = C; per (sample, group): R = N)
+    weight_ptr,  # (C,) affine weight (read only when HAS_WEIGHT)
+    bias_ptr,  # (C,) affine bias (read only when HAS_BIAS)
     seed_ptr,  # () int64 seed (read only with dropout)
-    C, S,
+    N, C, S,
     x_sn, x_sc, x_ss,
     dy_sn, dy_sc, dy_ss,
-    table_sn,
+    G,  # statistics per sample (GroupNorm's groups) or C
+    eps,
     num_c_blocks,
     num_chunks,
     chunk,  # positions per chunk, a multiple of BLOCK_S
@@ -134,6 +201,9 @@ def _norm_act_drop_bwd_sums_kernel(
     threshold,
     dscale,
     ACT: tl.constexpr,
+    GROUPED: tl.constexpr,  # GroupNorm statistics
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     DROP: tl.constexpr,  # 0 none or 2 channel (drop-neuron runs in _norm_act_drop_neuron_bwd_sums_kernel)
     S_UNIT_STRIDE: tl.constexpr,
     C_UNIT_STRIDE: tl.constexpr,
@@ -147,10 +217,8 @@ def _norm_act_drop_bwd_sums_kernel(
     channels = c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)  # [BC]
     c = channels[:, None]  # [BC, 1]
     c_in_bounds = c < C
-    scale, shift, keep = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, c_in_bounds, threshold,
-                                        dscale, DROP)
-    mean = tl.load(mean_ptr + n * table_sn + c, mask=c_in_bounds, other=0.0)
-    invstd = tl.load(invstd_ptr + n * table_sn + c, mask=c_in_bounds, other=0.0)
+    mean, invstd, _, scale, shift, keep = _folded_affine(
+        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, c_in_bounds, threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
     if S_UNIT_STRIDE:
         x_ss = 1
         dy_ss = 1
@@ -171,9 +239,8 @@ def _norm_act_drop_bwd_sums_kernel(
         acc_dz += dz
         acc_dz_xhat += dz * ((x - mean) * invstd)
         i += 1
-    out = (n * C + channels) * num_chunks + k
-    tl.store(sum_dz_ptr + out, tl.sum(acc_dz, axis=1), mask=channels < C)
-    tl.store(sum_dz_xhat_ptr + out, tl.sum(acc_dz_xhat, axis=1), mask=channels < C)
+    _add_sums(sums_ptr, weight_ptr, n, channels, N, C, G, tl.sum(acc_dz, axis=1), tl.sum(acc_dz_xhat, axis=1),
+              channels < C, GROUPED, HAS_WEIGHT)
 
 
 @triton.jit
@@ -181,23 +248,25 @@ def _norm_act_drop_bwd_dx_kernel(
     x_ptr,  # (N, C, S) strided input of the forward pass
     dy_ptr,  # (N, C, S) strided gradient of the output
     dx_ptr,  # (N, C, S) strided output: gradient of the input
-    scale_ptr,  # (1 or N, C) fp32 weight * invstd
-    shift_ptr,  # (1 or N, C) fp32 bias - mean * weight * invstd
-    mean_ptr,  # (1 or N, C) fp32 mean
-    invstd_ptr,  # (1 or N, C) fp32 1 / sqrt(var + eps)
-    k2_ptr,  # (1 or N, C) fp32 coefficient of xhat (read only when COUPLED)
-    k3_ptr,  # (1 or N, C) fp32 constant term (read only when COUPLED)
+    stats_ptr,  # (2, R, G) mean and variance (per channel: R = 1, G = C; per (sample, group): R = N)
+    weight_ptr,  # (C,) affine weight (read only when HAS_WEIGHT)
+    bias_ptr,  # (C,) affine bias (read only when HAS_BIAS)
+    sums_ptr,  # fp32 sums of the sums pass: (2, C) dweight, dbias, then (2, N, G) per-group (read when COUPLED)
     seed_ptr,  # () int64 seed (read only with dropout)
     N, C, S,
     x_sn, x_sc, x_ss,
     dy_sn, dy_sc, dy_ss,
     dx_sn, dx_sc, dx_ss,
-    table_sn,
+    G,  # statistics per sample (GroupNorm's groups) or C
+    eps,
     num_s_blocks,
     num_c_blocks,
     threshold,
     dscale,
     ACT: tl.constexpr,
+    GROUPED: tl.constexpr,  # GroupNorm statistics
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     DROP: tl.constexpr,  # 0 none or 2 channel (drop-neuron runs in _norm_act_drop_neuron_bwd_dx_kernel)
     COUPLED: tl.constexpr,  # the statistics depend on x (batch statistics, GroupNorm): dx = k1 dz + k2 xhat + k3
     S_UNIT_STRIDE: tl.constexpr,
@@ -208,10 +277,8 @@ def _norm_act_drop_bwd_dx_kernel(
 ):
     n, c, s, nc_in_bounds = _tile(N, C, S, num_s_blocks, num_c_blocks, BLOCK_N, BLOCK_C, BLOCK_S)
     in_bounds = nc_in_bounds & (s < S)
-    scale, shift, keep = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, nc_in_bounds, threshold,
-                                        dscale, DROP)
-    table = n * table_sn + c
-    k1 = tl.load(scale_ptr + table, mask=nc_in_bounds, other=0.0)  # weight * invstd
+    mean, invstd, k1, scale, shift, keep = _folded_affine(
+        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
     if S_UNIT_STRIDE:
         x_ss = 1
         dy_ss = 1
@@ -225,10 +292,7 @@ def _norm_act_drop_bwd_dx_kernel(
     dz = _grad_at_affine(x, dy, scale, shift, keep, dscale, ACT)
     dx = k1 * dz
     if COUPLED:
-        mean = tl.load(mean_ptr + table, mask=nc_in_bounds, other=0.0)
-        invstd = tl.load(invstd_ptr + table, mask=nc_in_bounds, other=0.0)
-        k2 = tl.load(k2_ptr + table, mask=nc_in_bounds, other=0.0)
-        k3 = tl.load(k3_ptr + table, mask=nc_in_bounds, other=0.0)
+        k2, k3 = _dx_coefficients(sums_ptr, n, c, N, C, G, S, k1, invstd, nc_in_bounds, GROUPED)
         dx = dx + k2 * ((x - mean) * invstd) + k3
     tl.store(dx_ptr + n * dx_sn + c * dx_sc + s * dx_ss, dx.to(dx_ptr.dtype.element_ty), mask=in_bounds)
 
@@ -316,18 +380,23 @@ def _group_keep(a0, a1, a2, a3, b0, b1, b2, b3, first, j, threshold, ALIGNED: tl
 def _norm_act_drop_neuron_fwd_kernel(
     x_ptr,  # (N, C, S) strided input
     out_ptr,  # (N, C, S) strided output
-    scale_ptr,  # (1 or N, C) fp32 weight * invstd
-    shift_ptr,  # (1 or N, C) fp32 bias - mean * weight * invstd
+    stats_ptr,  # (2, R, G) mean and variance (per channel: R = 1, G = C; per (sample, group): R = N)
+    weight_ptr,  # (C,) affine weight (read only when HAS_WEIGHT)
+    bias_ptr,  # (C,) affine bias (read only when HAS_BIAS)
     seed_ptr,  # () int64 seed
     N, C, S,
     x_sn, x_sc, x_ss,
     out_sn, out_sc, out_ss,
-    table_sn,  # row stride of the tables: 0 (per channel) or C (per sample and channel)
+    G,  # statistics per sample (GroupNorm's groups) or C
+    eps,
     num_g_blocks,
     num_c_blocks,
     threshold,  # keep when the 16-bit number is below this
     dscale,  # fp32 1 / (1 - p)
     ACT: tl.constexpr,
+    GROUPED: tl.constexpr,  # GroupNorm statistics
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     TILE: tl.constexpr,  # ROW_GROUPS, CHANNEL_VECTORS or CHANNEL_GROUPS
     ALIGNED: tl.constexpr,  # groups start at multiples of 8 (S % 8 == 0, or C % 8 == 0 when S == 1)
     S_UNIT_STRIDE: tl.constexpr,
@@ -346,16 +415,16 @@ def _norm_act_drop_neuron_fwd_kernel(
         x_sc = 1
         out_sc = 1
     if TILE != CHANNEL_GROUPS:  # a group's elements share a channel: its constants load once
-        scale, shift, _ = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c_group, C, table_sn,
-                                         (n < N) & (c_group < C), threshold, dscale, DROP_NEURON)
+        _, _, _, scale, shift, _ = _folded_affine(
+            stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c_group, N, C, G, eps, (n < N) & (c_group < C), threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
     # a thread holds its groups' pieces, so each Philox call runs once (in one thread)
     for piece in tl.static_range(8 // LANES):
         c, s, j = _neuron_piece(c_group, g, piece, TILE, LANES)
         nc_in_bounds = (n < N) & (c < C)
         in_bounds = nc_in_bounds & (s < S)
         if TILE == CHANNEL_GROUPS:
-            scale, shift, _ = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, nc_in_bounds,
-                                             threshold, dscale, DROP_NEURON)
+            _, _, _, scale, shift, _ = _folded_affine(
+                stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
         x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=in_bounds, other=0.0).to(tl.float32)
         z = x * scale + shift
         if ACT:
@@ -365,23 +434,17 @@ def _norm_act_drop_neuron_fwd_kernel(
 
 
 @triton.jit
-def _dx_constants(scale_ptr, shift_ptr, mean_ptr, invstd_ptr, k2_ptr, k3_ptr, seed_ptr, n, c, C, table_sn,
-                  nc_in_bounds, threshold, dscale, COUPLED: tl.constexpr):
-    """``(scale', shift', k1, mean, invstd, k2, k3)`` of the drop-neuron input gradient (the last four only
-    when COUPLED)."""
-    scale, shift, _ = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, nc_in_bounds, threshold,
-                                     dscale, DROP_NEURON)
-    table = n * table_sn + c
-    k1 = tl.load(scale_ptr + table, mask=nc_in_bounds, other=0.0)  # weight * invstd
-    mean = k1
-    invstd = k1
+def _dx_constants(stats_ptr, weight_ptr, bias_ptr, sums_ptr, seed_ptr, n, c, N, C, G, S, eps, nc_in_bounds, threshold,
+                  dscale, COUPLED: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                  HAS_BIAS: tl.constexpr):
+    """``(scale', shift', k1, mean, invstd, k2, k3)`` of the drop-neuron input gradient (k2, k3 only when
+    COUPLED)."""
+    mean, invstd, k1, scale, shift, always_kept = _folded_affine(
+        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
     k2 = k1
     k3 = k1
     if COUPLED:
-        mean = tl.load(mean_ptr + table, mask=nc_in_bounds, other=0.0)
-        invstd = tl.load(invstd_ptr + table, mask=nc_in_bounds, other=0.0)
-        k2 = tl.load(k2_ptr + table, mask=nc_in_bounds, other=0.0)
-        k3 = tl.load(k3_ptr + table, mask=nc_in_bounds, other=0.0)
+        k2, k3 = _dx_coefficients(sums_ptr, n, c, N, C, G, S, k1, invstd, nc_in_bounds, GROUPED)
     return scale, shift, k1, mean, invstd, k2, k3
 
 
@@ -390,23 +453,25 @@ def _norm_act_drop_neuron_bwd_dx_kernel(
     x_ptr,  # (N, C, S) strided input of the forward pass
     dy_ptr,  # (N, C, S) strided gradient of the output
     dx_ptr,  # (N, C, S) strided output: gradient of the input
-    scale_ptr,  # (1 or N, C) fp32 weight * invstd
-    shift_ptr,  # (1 or N, C) fp32 bias - mean * weight * invstd
-    mean_ptr,  # (1 or N, C) fp32 mean
-    invstd_ptr,  # (1 or N, C) fp32 1 / sqrt(var + eps)
-    k2_ptr,  # (1 or N, C) fp32 coefficient of xhat (read only when COUPLED)
-    k3_ptr,  # (1 or N, C) fp32 constant term (read only when COUPLED)
+    stats_ptr,  # (2, R, G) mean and variance (per channel: R = 1, G = C; per (sample, group): R = N)
+    weight_ptr,  # (C,) affine weight (read only when HAS_WEIGHT)
+    bias_ptr,  # (C,) affine bias (read only when HAS_BIAS)
+    sums_ptr,  # fp32 sums of the sums pass: (2, C) dweight, dbias, then (2, N, G) per-group (read when COUPLED)
     seed_ptr,  # () int64 seed
     N, C, S,
     x_sn, x_sc, x_ss,
     dy_sn, dy_sc, dy_ss,
     dx_sn, dx_sc, dx_ss,
-    table_sn,
+    G,  # statistics per sample (GroupNorm's groups) or C
+    eps,
     num_g_blocks,
     num_c_blocks,
     threshold,
     dscale,
     ACT: tl.constexpr,
+    GROUPED: tl.constexpr,  # GroupNorm statistics
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     COUPLED: tl.constexpr,  # the statistics depend on x (batch statistics, GroupNorm): dx = k1 dz + k2 xhat + k3
     TILE: tl.constexpr,
     ALIGNED: tl.constexpr,
@@ -429,16 +494,16 @@ def _norm_act_drop_neuron_bwd_dx_kernel(
         dx_sc = 1
     if TILE != CHANNEL_GROUPS:
         scale, shift, k1, mean, invstd, k2, k3 = _dx_constants(
-            scale_ptr, shift_ptr, mean_ptr, invstd_ptr, k2_ptr, k3_ptr, seed_ptr, n, c_group, C, table_sn,
-            (n < N) & (c_group < C), threshold, dscale, COUPLED)
+            stats_ptr, weight_ptr, bias_ptr, sums_ptr, seed_ptr, n, c_group, N, C, G, S, eps, (n < N) & (c_group < C),
+            threshold, dscale, COUPLED, GROUPED, HAS_WEIGHT, HAS_BIAS)
     for piece in tl.static_range(8 // LANES):
         c, s, j = _neuron_piece(c_group, g, piece, TILE, LANES)
         nc_in_bounds = (n < N) & (c < C)
         in_bounds = nc_in_bounds & (s < S)
         if TILE == CHANNEL_GROUPS:
             scale, shift, k1, mean, invstd, k2, k3 = _dx_constants(
-                scale_ptr, shift_ptr, mean_ptr, invstd_ptr, k2_ptr, k3_ptr, seed_ptr, n, c, C, table_sn,
-                nc_in_bounds, threshold, dscale, COUPLED)
+                stats_ptr, weight_ptr, bias_ptr, sums_ptr, seed_ptr, n, c, N, C, G, S, eps, nc_in_bounds, threshold,
+                dscale, COUPLED, GROUPED, HAS_WEIGHT, HAS_BIAS)
         x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=in_bounds, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc + s * dy_ss, mask=in_bounds, other=0.0).to(tl.float32)
         keep = _group_keep(a0, a1, a2, a3, b0, b1, b2, b3, first, j, threshold, ALIGNED)
@@ -452,23 +517,25 @@ def _norm_act_drop_neuron_bwd_dx_kernel(
 def _norm_act_drop_neuron_bwd_sums_kernel(
     x_ptr,  # (N, C, S) strided input of the forward pass
     dy_ptr,  # (N, C, S) strided gradient of the output
-    sum_dz_ptr,  # (N, C, K) fp32 output: sum of dz over each chunk of groups (K = 1 for CHANNEL_GROUPS)
-    sum_dz_xhat_ptr,  # (N, C, K) fp32 output: sum of dz * xhat over each chunk
-    scale_ptr,  # (1 or N, C) fp32 weight * invstd
-    shift_ptr,  # (1 or N, C) fp32 bias - mean * weight * invstd
-    mean_ptr,  # (1 or N, C) fp32 mean
-    invstd_ptr,  # (1 or N, C) fp32 1 / sqrt(var + eps)
+    sums_ptr,  # fp32 sums, zeroed, added to: (2, C) dweight and dbias, then (2, N, G) per group (GROUPED)
+    stats_ptr,  # (2, R, G) mean and variance (per channel: R = 1, G = C; per (sample, group): R = N)
+    weight_ptr,  # (C,) affine weight (read only when HAS_WEIGHT)
+    bias_ptr,  # (C,) affine bias (read only when HAS_BIAS)
     seed_ptr,  # () int64 seed
     N, C, S,
     x_sn, x_sc, x_ss,
     dy_sn, dy_sc, dy_ss,
-    table_sn,
+    G,  # statistics per sample (GroupNorm's groups) or C
+    eps,
     num_c_blocks,
     num_chunks,  # programs along the grouped axis (K, except for CHANNEL_GROUPS, whose K is 1)
     blocks_per_chunk,  # BLOCK_G blocks of groups per program (1 for CHANNEL_GROUPS; blocks past the end are masked)
     threshold,  # keep when the 16-bit number is below this
     dscale,  # fp32 1 / (1 - p)
     ACT: tl.constexpr,
+    GROUPED: tl.constexpr,  # GroupNorm statistics
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
     TILE: tl.constexpr,  # ROW_GROUPS, CHANNEL_VECTORS or CHANNEL_GROUPS (tiles of _neuron_tile)
     ALIGNED: tl.constexpr,
     S_UNIT_STRIDE: tl.constexpr,
@@ -494,26 +561,22 @@ def _norm_act_drop_neuron_bwd_sums_kernel(
         for piece in tl.static_range(8 // LANES):
             c, s, j = _neuron_piece(c_group, g, piece, TILE, LANES)
             in_bounds = (n < N) & (c < C)
-            scale, shift, _ = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, in_bounds,
-                                             threshold, dscale, DROP_NEURON)
-            mean = tl.load(mean_ptr + n * table_sn + c, mask=in_bounds, other=0.0)
-            invstd = tl.load(invstd_ptr + n * table_sn + c, mask=in_bounds, other=0.0)
+            mean, invstd, _, scale, shift, _ = _folded_affine(
+                stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, in_bounds, threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
             x = tl.load(x_ptr + n * x_sn + c * x_sc, mask=in_bounds, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc, mask=in_bounds, other=0.0).to(tl.float32)
             keep = _group_keep(a0, a1, a2, a3, b0, b1, b2, b3, first, j, threshold, ALIGNED)
             dz = tl.where(in_bounds, _grad_at_affine(x, dy, scale, shift, keep, dscale, ACT), 0.0)
-            tl.store(sum_dz_ptr + n * C + c, dz, mask=in_bounds)
-            tl.store(sum_dz_xhat_ptr + n * C + c, dz * ((x - mean) * invstd), mask=in_bounds)
+            _add_sums(sums_ptr, weight_ptr, n, c, N, C, G, dz, dz * ((x - mean) * invstd), in_bounds, GROUPED,
+                      HAS_WEIGHT)
     else:
         # a group's elements share a (sample, channel): its constants load once per program
         n, c, g, first = _neuron_tile_at(n_block, c_block, k * blocks_per_chunk, C, S, TILE, BLOCK_N, BLOCK_C,
                                          BLOCK_G)
         nc_in_bounds = (n < N) & (c < C)
         # (named throwaways below: a `_` reassigned in the loop would be a loop-carried value changing type)
-        scale, shift, always_kept = _folded_affine(scale_ptr, shift_ptr, seed_ptr, n, c, C, table_sn, nc_in_bounds,
-                                                    threshold, dscale, DROP_NEURON)
-        mean = tl.load(mean_ptr + n * table_sn + c, mask=nc_in_bounds, other=0.0)
-        invstd = tl.load(invstd_ptr + n * table_sn + c, mask=nc_in_bounds, other=0.0)
+        mean, invstd, k1, scale, shift, always_kept = _folded_affine(
+            stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
         if TILE == CHANNEL_VECTORS:  # [groups, channels]
             acc_dz = tl.zeros([BLOCK_N * BLOCK_G, BLOCK_C], dtype=tl.float32)
         else:  # [groups, lanes]
@@ -547,10 +610,8 @@ def _norm_act_drop_neuron_bwd_sums_kernel(
             sum_dz_xhat = tl.sum(tl.reshape(acc_dz_xhat, [BLOCK_N, BLOCK_G, BLOCK_C]), axis=1)
             n_out = n_block * BLOCK_N + tl.arange(0, BLOCK_N)[:, None]  # [BN, 1]
             c_out = c_block * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]  # [1, BC]
-        out = (n_out * C + c_out) * num_chunks + k
-        out_in_bounds = (n_out < N) & (c_out < C)
-        tl.store(sum_dz_ptr + out, sum_dz, mask=out_in_bounds)
-        tl.store(sum_dz_xhat_ptr + out, sum_dz_xhat, mask=out_in_bounds)
+        _add_sums(sums_ptr, weight_ptr, n_out, c_out, N, C, G, sum_dz, sum_dz_xhat, (n_out < N) & (c_out < C),
+                  GROUPED, HAS_WEIGHT)
 
 
 def _strides(t: torch.Tensor):
@@ -617,42 +678,38 @@ def _drop_args(seed, p: float, drop: int, fallback_ptr: torch.Tensor):
     return seed, threshold, keep_scale(p)
 
 
-def _tables(tables):
-    """A preparer of the (1, C) or (N, C) fp32 tables (contiguous) and their row stride (0 when per channel)."""
-    C = tables.mean.shape[1]
-    table_sn = C if tables.mean.shape[0] > 1 else 0
-
-    def prepare(t):
-        return t.to(torch.float32).expand(tables.mean.shape).contiguous()
-
-    return prepare, table_sn
+def _norm_args(weight, bias, stats: torch.Tensor, num_groups: int, C: int):
+    """``(weight pointer, bias pointer, G, constexprs)``: the statistics stand in for absent parameters."""
+    norm = dict(GROUPED=num_groups > 0, HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None)
+    return (stats if weight is None else weight), (stats if bias is None else bias), num_groups or C, norm
 
 
-def norm_act_drop_fwd_triton(x: torch.Tensor, tables, seed, p: float, act: bool, drop: int) -> torch.Tensor:
-    """``drop(relu(x * scale + shift))``; the output keeps x's layout (channels_last stays channels_last)."""
+def norm_act_drop_fwd_triton(x: torch.Tensor, weight, bias, stats: torch.Tensor, seed, num_groups: int, eps: float,
+                             p: float, act: bool, drop: int) -> torch.Tensor:
+    """``drop(relu(x * scale + shift))`` with the affine made from ``stats`` (2, R, G); the output keeps
+    x's layout (channels_last stays channels_last). One launch."""
     out = empty_dense_like(x)
     src, dst = as_ncs(x), as_ncs(out)
     N, C, S = src.shape
-    prepare, table_sn = _tables(tables)
-    scale, shift = prepare(tables.scale), prepare(tables.shift)
-    seed_ptr, threshold, dscale = _drop_args(seed, p, drop, scale)
+    weight, bias, G, norm = _norm_args(weight, bias, stats, num_groups, C)
+    seed_ptr, threshold, dscale = _drop_args(seed, p, drop, stats)
     s_unit, c_unit = _unit_strides(src, dst)
     if drop == 1:
         grid, num_g_blocks, num_c_blocks, constexprs = _neuron_blocks(N, C, S, c_unit, x.element_size())
         _norm_act_drop_neuron_fwd_kernel[grid](
-            src, dst, scale, shift, seed_ptr, N, C, S, *_strides(src), *_strides(dst), table_sn,
+            src, dst, stats, weight, bias, seed_ptr, N, C, S, *_strides(src), *_strides(dst), G, eps,
             num_g_blocks, num_c_blocks, threshold, dscale,
-            ACT=act, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **constexprs,
+            ACT=act, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **norm, **constexprs,
         )
         return out
     block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
     num_s_blocks, num_c_blocks = cdiv(S, block_s), cdiv(C, block_c)
     grid = (cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
     _norm_act_drop_fwd_kernel[grid](
-        src, dst, scale, shift, seed_ptr, N, C, S, *_strides(src), *_strides(dst), table_sn,
+        src, dst, stats, weight, bias, seed_ptr, N, C, S, *_strides(src), *_strides(dst), G, eps,
         num_s_blocks, num_c_blocks, threshold, dscale,
         ACT=act, DROP=drop, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit,
-        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
+        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4, **norm,
     )
     return out
 
@@ -666,82 +723,54 @@ def _grad_view(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def _neuron_bwd_sums(src, dy, scale, shift, mean, invstd, seed_ptr, table_sn: int, threshold: int, dscale: float,
-                     act: bool, s_unit: bool, c_unit: bool, element_size: int):
-    """Drop-neuron sums on the tiles of the other drop-neuron passes; a program walks a chunk of group blocks."""
-    N, C, S = src.shape
-    _, num_g_blocks, num_c_blocks, constexprs = _neuron_blocks(N, C, S, c_unit, element_size)
-    rows = cdiv(N, constexprs["BLOCK_N"]) * num_c_blocks
-    if constexprs["TILE"] == CHANNEL_GROUPS:  # S == 1: a program's sums are its elements, one chunk
-        num_chunks, blocks_per_chunk, out_chunks = num_g_blocks, 1, 1
-    else:
-        chunks = max(1, min(num_g_blocks, cdiv(norm_stats._TARGET_PROGRAMS, rows)))
-        blocks_per_chunk = cdiv(num_g_blocks, chunks)
-        num_chunks = out_chunks = cdiv(num_g_blocks, blocks_per_chunk)
-    sum_dz = torch.empty((N, C, out_chunks), dtype=torch.float32, device=src.device)
-    sum_dz_xhat = torch.empty_like(sum_dz)
-    _norm_act_drop_neuron_bwd_sums_kernel[(rows * num_chunks,)](
-        src, dy, sum_dz, sum_dz_xhat, scale, shift, mean, invstd, seed_ptr, N, C, S, *_strides(src), *_strides(dy),
-        table_sn, num_c_blocks, num_chunks, blocks_per_chunk, threshold, dscale,
-        ACT=act, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **constexprs,
-    )
-    return sum_dz.sum(2), sum_dz_xhat.sum(2)
-
-
-def norm_act_drop_bwd_sums_triton(grad: torch.Tensor, x: torch.Tensor, tables, seed, p: float, act: bool, drop: int):
-    """Per-(sample, channel) sums of ``dz`` and ``dz * xhat``, each (N, C) fp32."""
-    src, dy = as_ncs(x), as_ncs(_grad_view(grad, x))
-    N, C, S = src.shape
-    prepare, table_sn = _tables(tables)
-    scale, shift = prepare(tables.scale), prepare(tables.shift)
-    mean, invstd = prepare(tables.mean), prepare(tables.invstd)
-    seed_ptr, threshold, dscale = _drop_args(seed, p, drop, scale)
-    s_unit, c_unit = _unit_strides(src, dy)
-    if drop == 1:
-        return _neuron_bwd_sums(src, dy, scale, shift, mean, invstd, seed_ptr, table_sn, threshold, dscale, act,
-                                s_unit, c_unit, x.element_size())
-    block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
-    num_chunks, num_c_blocks = cdiv(S, chunk), cdiv(C, block_c)
-    sum_dz = torch.empty((N, C, num_chunks), dtype=torch.float32, device=x.device)
-    sum_dz_xhat = torch.empty_like(sum_dz)
-    grid = (N * num_c_blocks * num_chunks,)
-    _norm_act_drop_bwd_sums_kernel[grid](
-        src, dy, sum_dz, sum_dz_xhat, scale, shift, mean, invstd, seed_ptr, C, S, *_strides(src), *_strides(dy),
-        table_sn, num_c_blocks, num_chunks, chunk, chunk // block_s, threshold, dscale,
-        ACT=act, DROP=drop, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_C=block_c, BLOCK_S=block_s,
-        num_warps=4,
-    )
-    return sum_dz.sum(2), sum_dz_xhat.sum(2)
-
-
-def norm_act_drop_bwd_dx_triton(grad: torch.Tensor, x: torch.Tensor, tables, k2, k3, seed, p: float, act: bool,
-                                drop: int) -> torch.Tensor:
-    """``dx = scale * dz + k2 * xhat + k3`` (``k2``/``k3`` None when the statistics do not depend on x)."""
+def norm_act_drop_bwd_triton(grad: torch.Tensor, x: torch.Tensor, weight, bias, stats: torch.Tensor, seed,
+                             num_groups: int, eps: float, p: float, act: bool, drop: int, coupled: bool):
+    """``(dx, dparams)``: the input gradient and the (2, C) fp32 weight and bias gradients. Two launches: the
+    sums pass adds into one zeroed buffer, the input-gradient pass reads the constants it needs from it.
+    ``coupled``: the statistics depend on x (batch statistics or GroupNorm)."""
     dx = empty_dense_like(x)
     src, dy, dst = as_ncs(x), as_ncs(_grad_view(grad, x)), as_ncs(dx)
     N, C, S = src.shape
-    prepare, table_sn = _tables(tables)
-    scale, shift = prepare(tables.scale), prepare(tables.shift)
-    mean, invstd = prepare(tables.mean), prepare(tables.invstd)
-    coupled = k2 is not None
-    k2, k3 = (prepare(k2), prepare(k3)) if coupled else (scale, scale)
-    seed_ptr, threshold, dscale = _drop_args(seed, p, drop, scale)
+    weight, bias, G, norm = _norm_args(weight, bias, stats, num_groups, C)
+    sums = torch.zeros(2 * C + (2 * N * G if num_groups else 0), dtype=torch.float32, device=x.device)
+    seed_ptr, threshold, dscale = _drop_args(seed, p, drop, stats)
     s_unit, c_unit = _unit_strides(src, dy, dst)
+    strides = (*_strides(src), *_strides(dy))
     if drop == 1:
         grid, num_g_blocks, num_c_blocks, constexprs = _neuron_blocks(N, C, S, c_unit, x.element_size())
-        _norm_act_drop_neuron_bwd_dx_kernel[grid](
-            src, dy, dst, scale, shift, mean, invstd, k2, k3, seed_ptr, N, C, S, *_strides(src), *_strides(dy),
-            *_strides(dst), table_sn, num_g_blocks, num_c_blocks, threshold, dscale,
-            ACT=act, COUPLED=coupled, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **constexprs,
+        # the sums walk the same tiles, a chunk of group blocks per program
+        rows = cdiv(N, constexprs["BLOCK_N"]) * num_c_blocks
+        if constexprs["TILE"] == CHANNEL_GROUPS:  # S == 1: a program's sums are its elements
+            num_chunks, blocks_per_chunk = num_g_blocks, 1
+        else:
+            chunks = max(1, min(num_g_blocks, cdiv(norm_stats._TARGET_PROGRAMS, rows)))
+            blocks_per_chunk = cdiv(num_g_blocks, chunks)
+            num_chunks = cdiv(num_g_blocks, blocks_per_chunk)
+        _norm_act_drop_neuron_bwd_sums_kernel[(rows * num_chunks,)](
+            src, dy, sums, stats, weight, bias, seed_ptr, N, C, S, *strides, G, eps, num_c_blocks, num_chunks,
+            blocks_per_chunk, threshold, dscale,
+            ACT=act, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **norm, **constexprs,
         )
-        return dx
+        _norm_act_drop_neuron_bwd_dx_kernel[grid](
+            src, dy, dst, stats, weight, bias, sums, seed_ptr, N, C, S, *strides, *_strides(dst), G, eps,
+            num_g_blocks, num_c_blocks, threshold, dscale,
+            ACT=act, COUPLED=coupled, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **norm, **constexprs,
+        )
+        return dx, sums[:2 * C].view(2, C)
+    block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
+    num_chunks, num_c_blocks = cdiv(S, chunk), cdiv(C, block_c)
+    _norm_act_drop_bwd_sums_kernel[(N * num_c_blocks * num_chunks,)](
+        src, dy, sums, stats, weight, bias, seed_ptr, N, C, S, *strides, G, eps, num_c_blocks, num_chunks, chunk,
+        chunk // block_s, threshold, dscale,
+        ACT=act, DROP=drop, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_C=block_c, BLOCK_S=block_s,
+        num_warps=4, **norm,
+    )
     block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
     num_s_blocks, num_c_blocks = cdiv(S, block_s), cdiv(C, block_c)
-    grid = (cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
-    _norm_act_drop_bwd_dx_kernel[grid](
-        src, dy, dst, scale, shift, mean, invstd, k2, k3, seed_ptr, N, C, S, *_strides(src), *_strides(dy),
-        *_strides(dst), table_sn, num_s_blocks, num_c_blocks, threshold, dscale,
+    _norm_act_drop_bwd_dx_kernel[(cdiv(N, block_n) * num_c_blocks * num_s_blocks,)](
+        src, dy, dst, stats, weight, bias, sums, seed_ptr, N, C, S, *strides, *_strides(dst), G, eps,
+        num_s_blocks, num_c_blocks, threshold, dscale,
         ACT=act, DROP=drop, COUPLED=coupled, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit,
-        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
+        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4, **norm,
     )
-    return dx
+    return dx, sums[:2 * C].view(2, C)

@@ -1,10 +1,11 @@
-"""Statistics pass of the fused norm: partial moments of every (sample, channel, chunk of positions).
+"""Statistics of the fused norm: partial moments of every (sample, channel, chunk of positions), then
+their merge into the normalization's mean and variance (and BatchNorm's running statistics).
 
-Each program reads one chunk of positions of ``BLOCK_C`` channels of one sample and keeps,
-per channel, the count, mean and sum of squared deviations of what it has read, merging
-block after block with Chan et al.'s rule (no sum-of-squares cancellation). The caller
-merges the ``(N, C, K)`` partials per channel (BatchNorm, variance-shift tracking) and per
-(sample, group) (GroupNorm) from this one read.
+Each program of the first pass reads one chunk of positions of ``BLOCK_C`` channels of one sample
+and keeps, per channel, the count, mean and sum of squared deviations of what it has read,
+merging block after block with Chan et al.'s rule (no sum-of-squares cancellation). The second
+pass merges the ``(N, C, K)`` partials per channel (BatchNorm) or per (sample, group) (GroupNorm)
+and updates the running statistics on the device, so no statistic ever passes through the host.
 """
 
 import torch
@@ -20,8 +21,9 @@ _TARGET_PROGRAMS = 1024
 @triton.jit
 def _partial_moments_kernel(
     x_ptr,  # (N, C, S) strided input
-    mean_ptr,  # (N, C, K) fp32 output: mean of each (sample, channel, chunk)
-    m2_ptr,  # (N, C, K) fp32 output: sum of squared deviations from that mean
+    partials_ptr,  # (2, N, C, K) fp32 output: mean, then sum of squared deviations from it, of each
+                   # (sample, channel, chunk)
+    N,
     C,
     S,
     sn, sc, ss,
@@ -66,8 +68,8 @@ def _partial_moments_kernel(
         count = total
         i += 1
     out = (n * C + c) * num_chunks + k
-    tl.store(mean_ptr + out, mean, mask=c < C)
-    tl.store(m2_ptr + out, m2, mask=c < C)
+    tl.store(partials_ptr + out, mean, mask=c < C)
+    tl.store(partials_ptr + N * C * num_chunks + out, m2, mask=c < C)
 
 
 def stats_blocks(N: int, C: int, S: int, channels_minor: bool):
@@ -84,8 +86,90 @@ def stats_blocks(N: int, C: int, S: int, channels_minor: bool):
     return block_c, block_s, chunk
 
 
-def partial_moments_triton(x: torch.Tensor):
-    """Partial moments of an (N, C, *) tensor: ``(mean, m2)`` of shape (N, C, K) and the (K,) counts."""
+@triton.jit
+def _finish_moments_kernel(
+    partials_ptr,  # (2, N, C, K) fp32: mean and m2 of each (sample, channel, chunk)
+    stats_ptr,  # (2, R, G) fp32 output: mean and biased variance (BatchNorm R = 1, G = C; GroupNorm R = N)
+    running_mean_ptr,  # (C,) running mean, updated in place (read only with UPDATE_RUNNING)
+    running_var_ptr,  # (C,) running variance, updated in place with the unbiased variance
+    num_batches_tracked_ptr,  # () int64 count of batches (read only with CUMULATIVE)
+    N, C, G, S,
+    num_chunks,  # K
+    chunk,  # positions per chunk (the last one may be shorter)
+    momentum,  # fp32 weight of this batch in the running averages (unless CUMULATIVE)
+    unbias,  # fp32 count / (count - 1)
+    GROUPED: tl.constexpr,  # GroupNorm: outputs (n, g) merge the channels of a group; BatchNorm: channels merge samples
+    UPDATE_RUNNING: tl.constexpr,
+    CUMULATIVE: tl.constexpr,  # momentum=None: the weight is 1 / num_batches_tracked
+    BLOCK_O: tl.constexpr,  # outputs per program
+    BLOCK_M: tl.constexpr,  # partials merged per step
+):
+    o = tl.program_id(0).to(tl.int64) * BLOCK_O + tl.arange(0, BLOCK_O).to(tl.int64)[:, None]  # [BO, 1]
+    if GROUPED:
+        outputs = N * G
+        per_group = C // G
+        merged = per_group * num_chunks  # partials behind one output: (channel of the group, chunk)
+        base = ((o // G) * C + (o % G) * per_group) * num_chunks  # first partial of output (n, g)
+    else:
+        outputs = C
+        merged = N * num_chunks  # (sample, chunk)
+        base = o * num_chunks
+    o_in_bounds = o < outputs
+    total = (merged // num_chunks * S).to(tl.float32)
+    m2_offset = N * C * num_chunks
+    # two passes over the partials (Chan et al.): the mean, then the squared deviations around it
+    weighted = tl.zeros([BLOCK_O, BLOCK_M], dtype=tl.float32)
+    j0 = 0
+    while j0 < merged:  # a while loop: Triton 3.6's interpreter cannot take a runtime range bound
+        j = j0 + tl.arange(0, BLOCK_M).to(tl.int64)[None, :]  # [1, BM]
+        k = j % num_chunks
+        if GROUPED:
+            offs = base + j  # a group's channels are adjacent: its partials are consecutive
+        else:
+            offs = base + (j // num_chunks) * C * num_chunks + k
+        in_bounds = o_in_bounds & (j < merged)
+        count = tl.minimum(S - k * chunk, chunk).to(tl.float32)
+        mean = tl.load(partials_ptr + offs, mask=in_bounds, other=0.0)
+        weighted += tl.where(in_bounds, mean * count, 0.0)
+        j0 += BLOCK_M
+    mu = tl.sum(weighted, axis=1) / total  # [BO]
+    spread = tl.zeros([BLOCK_O, BLOCK_M], dtype=tl.float32)
+    j0 = 0
+    while j0 < merged:
+        j = j0 + tl.arange(0, BLOCK_M).to(tl.int64)[None, :]
+        k = j % num_chunks
+        if GROUPED:
+            offs = base + j
+        else:
+            offs = base + (j // num_chunks) * C * num_chunks + k
+        in_bounds = o_in_bounds & (j < merged)
+        count = tl.minimum(S - k * chunk, chunk).to(tl.float32)
+        mean = tl.load(partials_ptr + offs, mask=in_bounds, other=0.0)
+        m2 = tl.load(partials_ptr + m2_offset + offs, mask=in_bounds, other=0.0)
+        deviation = mean - mu[:, None]
+        spread += tl.where(in_bounds, m2 + count * deviation * deviation, 0.0)
+        j0 += BLOCK_M
+    var = tl.sum(spread, axis=1) / total
+    o = tl.reshape(o, [BLOCK_O])
+    o_in_bounds = o < outputs
+    tl.store(stats_ptr + o, mu, mask=o_in_bounds)
+    tl.store(stats_ptr + outputs + o, var, mask=o_in_bounds)
+    if UPDATE_RUNNING:  # the exponential (or cumulative) average with the unbiased variance, as F.batch_norm
+        if CUMULATIVE:
+            momentum = 1.0 / tl.load(num_batches_tracked_ptr).to(tl.float32)
+        running_mean = tl.load(running_mean_ptr + o, mask=o_in_bounds, other=0.0)
+        running_var = tl.load(running_var_ptr + o, mask=o_in_bounds, other=0.0)
+        running_mean = running_mean.to(tl.float32) * (1.0 - momentum) + mu * momentum
+        running_var = running_var.to(tl.float32) * (1.0 - momentum) + (var * unbias) * momentum
+        tl.store(running_mean_ptr + o, running_mean.to(running_mean_ptr.dtype.element_ty), mask=o_in_bounds)
+        tl.store(running_var_ptr + o, running_var.to(running_var_ptr.dtype.element_ty), mask=o_in_bounds)
+
+
+def norm_stats_triton(x: torch.Tensor, num_groups: int, running_mean, running_var, num_batches_tracked,
+                      momentum: float) -> torch.Tensor:
+    """``(2, R, G)`` fp32 mean and biased variance of an (N, C, *) tensor: per channel (``num_groups == 0``,
+    BatchNorm: R = 1, G = C, running statistics updated in place when given) or per (sample, group)
+    (GroupNorm: R = N, G = num_groups). Two launches: the partial moments, then their merge."""
     from effdrop_triton._layout import as_ncs
 
     src = as_ncs(x)
@@ -95,13 +179,25 @@ def partial_moments_triton(x: torch.Tensor):
     block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
     num_chunks = cdiv(S, chunk)
     num_c_blocks = cdiv(C, block_c)
-    mean = torch.empty((N, C, num_chunks), dtype=torch.float32, device=x.device)
-    m2 = torch.empty_like(mean)
-    grid = (N * num_c_blocks * num_chunks,)
-    _partial_moments_kernel[grid](
-        src, mean, m2, C, S, src.stride(0), src.stride(1), src.stride(2), num_c_blocks, num_chunks, chunk,
+    partials = torch.empty((2, N, C, num_chunks), dtype=torch.float32, device=x.device)
+    _partial_moments_kernel[(N * num_c_blocks * num_chunks,)](
+        src, partials, N, C, S, src.stride(0), src.stride(1), src.stride(2), num_c_blocks, num_chunks, chunk,
         chunk // block_s, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
     )
-    starts = torch.arange(num_chunks, dtype=torch.float32, device=x.device) * chunk
-    count = (S - starts).clamp_(max=chunk)
-    return mean, m2, count
+    grouped = num_groups > 0
+    G = num_groups if grouped else C
+    outputs = N * G if grouped else C
+    stats = torch.empty((2, N if grouped else 1, G), dtype=torch.float32, device=x.device)
+    merged = (C // G if grouped else N) * num_chunks
+    block_m = min(128, next_power_of_2(merged))
+    block_o = max(1, min(next_power_of_2(outputs), 2048 // block_m, 64))
+    update = running_mean is not None
+    count = (C // G if grouped else N) * S
+    _finish_moments_kernel[(cdiv(outputs, block_o),)](
+        partials, stats, running_mean if update else stats, running_var if update else stats,
+        num_batches_tracked if num_batches_tracked is not None else stats, N, C, G, S, num_chunks, chunk,
+        momentum, count / (count - 1) if count > 1 else float("inf"),
+        GROUPED=grouped, UPDATE_RUNNING=update, CUMULATIVE=num_batches_tracked is not None,
+        BLOCK_O=block_o, BLOCK_M=block_m, num_warps=4,
+    )
+    return stats

@@ -6,7 +6,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import as_ncs, empty_dense_like
-from ._autograd import define_self_adjoint
+from ._autograd import self_adjoint
 from .unit_gate import unit_gate
 
 
@@ -18,5 +18,5 @@ def _drop_channel(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor
     return out
 
 
-drop_channel_op = define_self_adjoint("effdrop::drop_channel", _drop_channel,
-                                      lambda x, seed, p, use_triton: empty_dense_like(x))
+drop_channel_op = self_adjoint("effdrop::drop_channel", _drop_channel,
+                               lambda x, seed, p, use_triton: empty_dense_like(x))

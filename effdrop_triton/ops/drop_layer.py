@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
-from ._autograd import call, define, define_self_adjoint
+from ._autograd import Op, self_adjoint
 from .unit_gate import gate_factor, unit_gate, unit_keep_table
 
 
@@ -69,7 +69,7 @@ def _layer_gate(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_triton:
     return out
 
 
-layer_gate_op = define_self_adjoint(
+layer_gate_op = self_adjoint(
     "effdrop::layer_gate", _layer_gate,
     lambda x, seed, p, per_sample, use_triton: empty_dense_like(x if is_sample_dense(x) else x.contiguous()))
 
@@ -81,11 +81,11 @@ def _setup_layer(ctx, inputs, output):
 
 def _backward_layer(ctx, grad):
     (seed,) = ctx.saved_tensors
-    grad_branch = call(layer_gate_op, grad, seed, ctx.p, ctx.per_sample, ctx.use_triton)
+    grad_branch = layer_gate_op(grad, seed, ctx.p, ctx.per_sample, ctx.use_triton)
     return grad_branch, grad, None, None, None, None
 
 
-drop_layer_op = define(
+drop_layer_op = Op(
     "effdrop::drop_layer", _drop_layer,
     lambda branch, shortcut, seed, p, per_sample, use_triton: _layer_output(branch, shortcut, use_triton),
-    _backward_layer, _setup_layer)
+    _backward_layer, _setup_layer, grad_inputs=(0, 1))

@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like
-from ._autograd import define_self_adjoint
+from ._autograd import self_adjoint
 
 
 def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
@@ -26,5 +26,5 @@ def _drop_neuron(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
     return drop_neuron_torch(x, seed, p)
 
 
-drop_neuron_op = define_self_adjoint("effdrop::drop_neuron", _drop_neuron,
-                                     lambda x, seed, p, use_triton: empty_dense_like(x))
+drop_neuron_op = self_adjoint("effdrop::drop_neuron", _drop_neuron,
+                              lambda x, seed, p, use_triton: empty_dense_like(x))

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from typing import List
 
+import torch
 from torch import Tensor
 
 from .. import philox
 from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor
-from ._autograd import call, define, define_self_adjoint
+from ._autograd import Op, self_adjoint, traced
 from .unit_gate import path_gate, unit_gate
 
 
@@ -52,8 +53,8 @@ def _drop_path_groups(x: Tensor, seed: Tensor, p: float, groups: int, per_sample
     return out
 
 
-drop_path_groups_op = define_self_adjoint("effdrop::drop_path_groups", _drop_path_groups,
-                                          lambda x, seed, p, groups, per_sample, use_triton: empty_dense_like(x))
+drop_path_groups_op = self_adjoint("effdrop::drop_path_groups", _drop_path_groups,
+                                   lambda x, seed, p, groups, per_sample, use_triton: empty_dense_like(x))
 
 
 def _setup_cat(ctx, inputs, output):
@@ -64,8 +65,7 @@ def _setup_cat(ctx, inputs, output):
 
 def _backward_cat(ctx, grad):
     (seed,) = ctx.saved_tensors
-    grads = call(drop_path_split_op, grad, seed, ctx.p, ctx.per_sample, ctx.sizes, ctx.use_triton)
-    return list(grads), None, None, None, None
+    return drop_path_split_op(grad, seed, ctx.p, ctx.per_sample, ctx.sizes, ctx.use_triton), None, None, None, None
 
 
 def _setup_split(ctx, inputs, output):
@@ -75,12 +75,57 @@ def _setup_split(ctx, inputs, output):
 
 def _backward_split(ctx, grads):
     (seed,) = ctx.saved_tensors
-    return call(drop_path_cat_op, list(grads), seed, ctx.p, ctx.per_sample, ctx.use_triton), None, None, None, None, None
+    return drop_path_cat_op(list(grads), seed, ctx.p, ctx.per_sample, ctx.use_triton), None, None, None, None, None
 
 
-drop_path_cat_op = define("effdrop::drop_path_cat", _drop_path_cat,
-                          lambda branches, seed, p, per_sample, use_triton: _cat_output(branches),
-                          _backward_cat, _setup_cat)
-drop_path_split_op = define("effdrop::drop_path_split", _drop_path_split,
-                            lambda grad, seed, p, per_sample, sizes, use_triton: _split_outputs(grad, sizes),
-                            _backward_split, _setup_split)
+class _DropPathCat(torch.autograd.Function):
+    """The eager path of ``drop_path_cat``: the branches as separate arguments (autograd tracks no list)."""
+
+    @staticmethod
+    def forward(ctx, seed, p, per_sample, use_triton, *branches):
+        branches = list(branches)
+        _setup_cat(ctx, (branches, seed, p, per_sample, use_triton), None)
+        return _drop_path_cat(branches, seed, p, per_sample, use_triton)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, None, None, None, *_backward_cat(ctx, grad)[0])
+
+
+class _DropPathSplit(torch.autograd.Function):
+    """The eager path of ``drop_path_split``: its outputs as a tuple (autograd tracks no list)."""
+
+    @staticmethod
+    def forward(ctx, grad, seed, p, per_sample, sizes, use_triton):
+        _setup_split(ctx, (grad, seed, p, per_sample, sizes, use_triton), None)
+        return tuple(_drop_path_split(grad, seed, p, per_sample, sizes, use_triton))
+
+    @staticmethod
+    def backward(ctx, *grads):
+        return _backward_split(ctx, grads)
+
+
+class _ListOp(Op):
+    """An op with a list input or output: the eager ``autograd.Function`` is written out for it."""
+
+    __slots__ = ()
+
+    def __call__(self, *args):
+        first = args[0]
+        if traced(first[0] if isinstance(first, list) else first):
+            return self.op(*args)
+        if torch.is_grad_enabled():
+            if isinstance(first, list):
+                if any(b.requires_grad for b in first):
+                    return _DropPathCat.apply(*args[1:], *first)
+            elif first.requires_grad:
+                return list(_DropPathSplit.apply(*args))
+        return self.impl(*args)
+
+
+drop_path_cat_op = _ListOp("effdrop::drop_path_cat", _drop_path_cat,
+                           lambda branches, seed, p, per_sample, use_triton: _cat_output(branches),
+                           _backward_cat, _setup_cat)
+drop_path_split_op = _ListOp("effdrop::drop_path_split", _drop_path_split,
+                             lambda grad, seed, p, per_sample, sizes, use_triton: _split_outputs(grad, sizes),
+                             _backward_split, _setup_split)

@@ -1,21 +1,21 @@
-"""Normalization statistics custom op: per-channel (BatchNorm) and per-(sample, group) (GroupNorm)
-mean and biased variance, in fp32 (fp64 for fp64 input), from one read of the input.
+"""Normalization statistics custom op: the per-channel (BatchNorm) or per-(sample, group) (GroupNorm)
+mean and biased variance of an (N, C, *) tensor as one ``(2, R, G)`` tensor, in fp32 (fp64 for fp64
+input), with BatchNorm's running statistics updated in place from the same pass, as ``F.batch_norm``.
 
-Both backends reduce to partial moments (count, mean, sum of squared deviations) and merge
-them with Chan et al.'s parallel rule, so no sum-of-squares cancellation ever happens. The
-GroupNorm path gets the per-channel statistics (variance-shift tracking) from the same partials.
+On the Triton path that is two launches and two allocations and nothing else: partial moments,
+then their merge and the running-statistics update on the device (``kernels/norm_stats.py``),
+so no statistic passes through the host and nothing synchronizes.
 """
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
-
 import math
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
 
-from ._autograd import define
+from ._autograd import Op
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -36,26 +36,20 @@ def combine_moments(mean: Tensor, m2: Tensor, count: Tensor, dims: Sequence[int]
     return mu.squeeze(dims), (m2 / total).squeeze(dims)
 
 
-def _outputs(x: Tensor, num_groups: int, channel_stats: bool):
-    N, C = x.shape[0], x.shape[1]
-    dtype = compute_dtype(x.dtype)
-    group_shape = (N, num_groups) if num_groups else (0,)
-    channel_shape = (C,) if channel_stats else (0,)
-    return [x.new_empty(shape, dtype=dtype) for shape in (group_shape, group_shape, channel_shape, channel_shape)]
+def stats_shape(x: Tensor, num_groups: int):
+    return (2, x.shape[0], num_groups) if num_groups else (2, 1, x.shape[1])
 
 
-def norm_stats_torch(x: Tensor, num_groups: int, channel_stats: bool):
-    """Fallback: the native two-pass batch statistics for BatchNorm; per-(sample, channel)
-    moments merged per group and per channel for GroupNorm."""
+def norm_stats_torch(x: Tensor, num_groups: int) -> Tensor:
+    """Fallback statistics: the native two-pass batch statistics for BatchNorm; per-(sample, channel)
+    moments merged per group for GroupNorm."""
     N, C = x.shape[0], x.shape[1]
     cd = compute_dtype(x.dtype)
+    x = x.detach()
     xc = x if x.dtype == cd else x.to(cd)  # fp16/bf16: statistics in fp32
-    def empty():  # outputs must not alias each other
-        return x.new_empty((0,), dtype=cd)
-
     if num_groups == 0:
         mean, var = torch.batch_norm_update_stats(xc, None, None, 0.0)
-        return empty(), empty(), mean, var
+        return torch.stack((mean, var)).view(2, 1, C)
     S = x.numel() // (N * C) if N * C else 0
     if x.dim() == 2:  # one value per (sample, channel)
         mean_nc, m2_nc = xc, torch.zeros_like(xc)
@@ -63,38 +57,43 @@ def norm_stats_torch(x: Tensor, num_groups: int, channel_stats: bool):
         var_nc, mean_nc = torch.var_mean(xc, dim=tuple(range(2, x.dim())), correction=0)
         m2_nc = var_nc * S
     count = torch.tensor(float(S), dtype=cd, device=x.device)
-    group_mean, group_var = combine_moments(mean_nc.view(N, num_groups, C // num_groups),
-                                            m2_nc.view(N, num_groups, C // num_groups), count, (2,))
-    if not channel_stats:
-        return group_mean, group_var, empty(), empty()
-    channel_mean, channel_var = combine_moments(mean_nc, m2_nc, count, (0,))
-    return group_mean, group_var, channel_mean, channel_var
+    shape = (N, num_groups, C // num_groups)
+    return torch.stack(combine_moments(mean_nc.view(shape), m2_nc.view(shape), count, (2,)))
 
 
-def _norm_stats(x: Tensor, num_groups: int, channel_stats: bool,
-                use_triton: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``(group_mean, group_var, channel_mean, channel_var)`` of an ``(N, C, *)`` tensor.
+def update_running_torch(stats: Tensor, running_mean: Tensor, running_var: Tensor,
+                         num_batches_tracked: Optional[Tensor], momentum: float, count: int) -> None:
+    """The exponential (or, with ``num_batches_tracked``, cumulative) average with the unbiased variance."""
+    mean, var = stats[0, 0], stats[1, 0] * (count / (count - 1))
+    if num_batches_tracked is not None:  # momentum=None: weight 1 / num_batches_tracked, on the device
+        factor = num_batches_tracked.reciprocal().to(mean.dtype)
+        running_mean.mul_(1.0 - factor).add_((mean * factor).to(running_mean.dtype))
+        running_var.mul_(1.0 - factor).add_((var * factor).to(running_var.dtype))
+    else:
+        running_mean.mul_(1.0 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+        running_var.mul_(1.0 - momentum).add_(var.to(running_var.dtype), alpha=momentum)
 
-    Group statistics are ``(N, num_groups)`` (empty when ``num_groups == 0``, BatchNorm);
-    channel statistics are ``(C,)`` over ``(N, *spatial)`` (empty unless ``channel_stats``).
-    Variances are biased (divided by the count).
-    """
+
+def _norm_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                num_batches_tracked: Optional[Tensor], num_groups: int, momentum: float, use_triton: bool) -> Tensor:
+    """``(2, R, G)`` mean and biased variance: per channel (``num_groups == 0``: R = 1, G = C) or per
+    (sample, group) (R = N, G = num_groups). With ``running_mean``/``running_var`` (BatchNorm), they are
+    updated in place with weight ``momentum``, or ``1 / num_batches_tracked`` when that is given."""
     if x.numel() == 0:
-        return tuple(t.fill_(math.nan) for t in _outputs(x, num_groups, channel_stats))
+        return x.new_full(stats_shape(x, num_groups), math.nan, dtype=compute_dtype(x.dtype))
     if use_triton:
-        from effdrop_triton.kernels.norm_stats import partial_moments_triton
+        from effdrop_triton.kernels.norm_stats import norm_stats_triton
 
-        N, C = x.shape[0], x.shape[1]
-        mean, m2, count = partial_moments_triton(x)  # (N, C, K), (N, C, K), (K,)
-        outs = _outputs(x, num_groups, channel_stats)
-        if num_groups:
-            shape = (N, num_groups, C // num_groups, mean.shape[2])
-            outs[0], outs[1] = combine_moments(mean.view(shape), m2.view(shape), count, (2, 3))
-        if channel_stats:
-            outs[2], outs[3] = combine_moments(mean, m2, count, (0, 2))
-        return tuple(outs)
-    return norm_stats_torch(x, num_groups, channel_stats)
+        return norm_stats_triton(x, num_groups, running_mean, running_var, num_batches_tracked, momentum)
+    stats = norm_stats_torch(x, num_groups)
+    if running_mean is not None:
+        with torch.no_grad():
+            update_running_torch(stats, running_mean, running_var, num_batches_tracked, momentum,
+                                 x.numel() // x.shape[1])
+    return stats
 
 
-norm_stats_op = define("effdrop::norm_stats", _norm_stats,
-                       lambda x, num_groups, channel_stats, use_triton: tuple(_outputs(x, num_groups, channel_stats)))
+norm_stats_op = Op("effdrop::norm_stats", _norm_stats,
+                   lambda x, running_mean, running_var, num_batches_tracked, num_groups, momentum, use_triton:
+                   x.new_empty(stats_shape(x, num_groups), dtype=compute_dtype(x.dtype)),
+                   grad_inputs=(), mutates_args=("running_mean", "running_var"))
