@@ -157,7 +157,7 @@ def _minimal_functions():
 
 
 def stub_cases(shape=(8, 16, 4, 4), p: float = 0.1) -> Dict[str, dict]:
-    """case -> {"inputs": tensors to differentiate, "providers": {name: forward callable}}; the first
+    """case -> {provider: (forward callable, tensors to differentiate or None: forward only)}; the first
     provider is this package's call, the second the PyTorch baseline."""
     import torchvision
 
@@ -182,30 +182,30 @@ def stub_cases(shape=(8, 16, 4, 4), p: float = 0.1) -> Dict[str, dict]:
     block_ref = nn.Sequential(nn.BatchNorm2d(C), nn.ReLU(), nn.Dropout2d(p), nn.Conv2d(C, C, 3, padding=1, bias=False))
     bn_eval, bn_ref_eval = ed.BatchNormActDrop2d(C, drop_rate=p).eval(), nn.Sequential(
         nn.BatchNorm2d(C), nn.ReLU(), nn.Dropout2d(p)).eval()
+    ref_params = lambda module: [x, *(p for p in module.parameters())]  # noqa: E731
     return {
-        "drop_neuron": dict(inputs=[x], providers={
-            "effdrop": lambda: ed.drop_neuron(x, p), "F.dropout": lambda: F.dropout(x, p),
-            "minimal Function": lambda: minimal_neuron.apply(x, p)}),
-        "drop_channel": dict(inputs=[x], providers={
-            "effdrop": lambda: ed.drop_channel(x, p), "F.dropout2d": lambda: F.dropout2d(x, p),
-            "minimal Function": lambda: minimal_channel.apply(x, p)}),
-        "drop_path groups=4": dict(inputs=[x], providers={
-            "effdrop": lambda: ed.drop_path(x, p, groups=4),
-            "mul + cat": lambda: torch.cat([gated(g) for g in x.chunk(4, 1)], 1)}),
-        "drop_path 4 branches": dict(inputs=branches, providers={
-            "effdrop": lambda: ed.drop_path(branches, p), "mul + cat": lambda: torch.cat([gated(b) for b in branches], 1)}),
-        "drop_layer": dict(inputs=[x, shortcut], providers={
-            "effdrop": lambda: ed.drop_layer(x, shortcut, p),
-            "stochastic_depth + add": lambda: shortcut + torchvision.ops.stochastic_depth(x, p, "row"),
-            "minimal Function": lambda: minimal_layer.apply(x, shortcut, p)}),
-        "BatchNormActDrop2d": dict(inputs=[x, bn.weight, bn.bias], providers={
-            "effdrop": lambda: bn(x), "BN + ReLU + Dropout2d": lambda: bn_ref(x)}),
-        "BatchNormActDrop2d eval": dict(inputs=[x, bn_eval.weight, bn_eval.bias], forward_only=True, providers={
-            "effdrop": lambda: bn_eval(x), "BN + ReLU + Dropout2d": lambda: bn_ref_eval(x)}),
-        "GroupNormActDrop": dict(inputs=[x, gn.weight, gn.bias], providers={
-            "effdrop": lambda: gn(x), "GN + ReLU + Dropout2d": lambda: gn_ref(x)}),
-        "ConvBlock(block_type=0)": dict(inputs=[x, block.norm.weight, block.norm.bias, block.conv.weight], providers={
-            "effdrop": lambda: block(x), "BN + ReLU + Dropout2d + Conv2d": lambda: block_ref(x)}),
+        "drop_neuron": {"effdrop": (lambda: ed.drop_neuron(x, p), [x]),
+                        "F.dropout": (lambda: F.dropout(x, p), [x]),
+                        "minimal Function": (lambda: minimal_neuron.apply(x, p), [x])},
+        "drop_channel": {"effdrop": (lambda: ed.drop_channel(x, p), [x]),
+                         "F.dropout2d": (lambda: F.dropout2d(x, p), [x]),
+                         "minimal Function": (lambda: minimal_channel.apply(x, p), [x])},
+        "drop_path groups=4": {"effdrop": (lambda: ed.drop_path(x, p, groups=4), [x]),
+                               "mul + cat": (lambda: torch.cat([gated(g) for g in x.chunk(4, 1)], 1), [x])},
+        "drop_path 4 branches": {"effdrop": (lambda: ed.drop_path(branches, p), branches),
+                                 "mul + cat": (lambda: torch.cat([gated(b) for b in branches], 1), branches)},
+        "drop_layer": {"effdrop": (lambda: ed.drop_layer(x, shortcut, p), [x, shortcut]),
+                       "stochastic_depth + add": (lambda: shortcut + torchvision.ops.stochastic_depth(x, p, "row"),
+                                                  [x, shortcut]),
+                       "minimal Function": (lambda: minimal_layer.apply(x, shortcut, p), [x, shortcut])},
+        "BatchNormActDrop2d": {"effdrop": (lambda: bn(x), ref_params(bn)),
+                               "BN + ReLU + Dropout2d": (lambda: bn_ref(x), ref_params(bn_ref))},
+        "BatchNormActDrop2d eval": {"effdrop": (lambda: bn_eval(x), None),
+                                    "BN + ReLU + Dropout2d": (lambda: bn_ref_eval(x), None)},
+        "GroupNormActDrop": {"effdrop": (lambda: gn(x), ref_params(gn)),
+                             "GN + ReLU + Dropout2d": (lambda: gn_ref(x), ref_params(gn_ref))},
+        "ConvBlock(block_type=0)": {"effdrop": (lambda: block(x), ref_params(block)),
+                                    "BN + ReLU + Dropout2d + Conv2d": (lambda: block_ref(x), ref_params(block_ref))},
     }
 
 
@@ -228,13 +228,13 @@ def _stub_report() -> str:
              "ratio = this package / the PyTorch baseline",
              f"{'case':26s} {'pass':7s} {'provider':32s} {'launches+ops':>12s} {'host us':>8s} {'ratio':>6s}"]
     with ed.use_backend("triton"):
-        for case, spec in stub_cases().items():
-            passes = [("fwd", None)] if spec.get("forward_only") else [("fwd", None), ("fwdbwd", True)]
-            for pass_, _ in passes:
-                for provider, forward in spec["providers"].items():
+        for case, providers in stub_cases().items():
+            passes = ("fwd", "fwdbwd") if next(iter(providers.values()))[1] is not None else ("fwd",)
+            for pass_ in passes:
+                for provider, (forward, inputs) in providers.items():
                     fn = forward
                     if pass_ == "fwdbwd":
-                        fn = forward_backward(forward, spec["inputs"], torch.ones_like(forward()))
+                        fn = forward_backward(forward, inputs, torch.ones_like(forward()))
                     with stubbed_launches():
                         us = per_call_us(fn)
                     launches, ops = host_work(fn)

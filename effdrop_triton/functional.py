@@ -19,6 +19,7 @@ from .ops.drop_neuron import drop_neuron_op
 from .ops.drop_path import drop_path_cat_op, drop_path_groups_op
 from .ops.norm_act_drop import norm_act_drop_op
 from .ops.norm_act_drop_conv import norm_act_drop_conv2d_op
+from .ops._autograd import traced
 from .ops.norm_stats import norm_stats_op
 from ._checks import check_float_tensor, check_groups, check_mode, check_p, check_seed, resolve_seed
 from .backend import use_triton
@@ -227,7 +228,9 @@ def norm_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[
     updates the running ones in place, as ``F.batch_norm`` does; with running statistics they are
     stacked into a copy (later in-place updates of the buffers must not change this call's backward)."""
     if settings.batch_stats:
-        return norm_stats_op(x, running_mean, running_var, settings.num_batches_tracked, settings.num_groups,
+        # the statistics are not differentiated through (the fused op's formula covers them); a traced call
+        # must say so, the eager one skips the view
+        return norm_stats_op(x.detach() if traced(x) else x, running_mean, running_var, settings.num_batches_tracked, settings.num_groups,
                              settings.momentum, triton)
     return torch.stack((running_mean, running_var)).view(2, 1, x.shape[1])
 

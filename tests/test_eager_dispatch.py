@@ -1,4 +1,4 @@
-"""``ops._autograd.call``: the eager path (implementation + formulas in a plain autograd.Function)
+"""``ops._autograd.Op``: the eager path (implementation + formulas in a plain autograd.Function)
 gives what the custom op gives through the dispatcher, values and every gradient, and tracing
 (fake tensors, compile) still goes through the op."""
 
@@ -7,7 +7,6 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import effdrop_triton as ed
-from effdrop_triton.ops._autograd import _EagerOp, _OpContext, call
 from effdrop_triton.ops.drop_layer import drop_layer_op
 from effdrop_triton.ops.drop_neuron import drop_neuron_op
 from effdrop_triton.ops.drop_path import drop_path_cat_op, drop_path_split_op
@@ -22,24 +21,28 @@ def leaves(shapes):
     return [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in shapes]
 
 
+def stats_of(x):
+    x = x.detach()
+    return torch.stack((x.mean((0, 2, 3)), x.var((0, 2, 3), correction=0))).view(2, 1, -1)
+
+
 CASES = {  # name: (op, tensor shapes, args builder from the leaves)
     "drop_neuron": (drop_neuron_op, [(2, 3, 4, 4)], lambda t: (t[0], SEED, 0.4, False)),
     "drop_layer": (drop_layer_op, [(4, 3, 2, 2), (4, 3, 2, 2)], lambda t: (t[0], t[1], SEED, 0.5, True, False)),
     "drop_path_cat": (drop_path_cat_op, [(4, 2, 3, 3), (4, 3, 3, 3)], lambda t: ([t[0], t[1]], SEED, 0.5, True, False)),
     "drop_path_split": (drop_path_split_op, [(4, 5, 3, 3)], lambda t: (t[0], SEED, 0.5, True, [2, 3], False)),
     "norm_act_drop": (norm_act_drop_op, [(4, 3, 5, 5), (3,), (3,)],
-                      lambda t: (t[0], t[1], t[2], t[0].detach().mean((0, 2, 3)), t[0].detach().var((0, 2, 3)),
-                                 SEED, 0, True, 1e-5, True, 2, 0.3, False)),
+                      lambda t: (t[0], t[1], t[2], stats_of(t[0]), SEED, 0, 1e-5, True, 2, 0.3, True, False)),
     "norm_act_drop_conv2d": (norm_act_drop_conv2d_op, [(4, 3, 5, 5), (3,), (3,), (6, 3, 3, 3), (6,)],
-                             lambda t: (t[0], t[1], t[2], t[0].detach().mean((0, 2, 3)), t[0].detach().var((0, 2, 3)),
-                                        SEED, t[3], t[4], [1, 1], [1, 1], [1, 1], 1, 0, True, 1e-5, True, 1, 0.3, False)),
+                             lambda t: (t[0], t[1], t[2], stats_of(t[0]), SEED, t[3], t[4], [1, 1], [1, 1], [1, 1], 1,
+                                        0, 1e-5, True, 1, 0.3, True, False)),
 }
 
 
 def run(case, through_op: bool):
     op, shapes, build = CASES[case]
     tensors = leaves(shapes)
-    out = op(*build(tensors)) if through_op else call(op, *build(tensors))
+    out = op.op(*build(tensors)) if through_op else op(*build(tensors))
     outs = list(out) if isinstance(out, (list, tuple)) else [out]
     torch.manual_seed(1)
     loss = sum((o * torch.randn_like(o)).sum() for o in outs)
@@ -55,22 +58,23 @@ def test_eager_path_equals_dispatcher(case):
         assert torch.equal(a, b)
 
 
-def test_eager_path_is_an_autograd_function_and_keeps_list_outputs():
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_eager_path_is_a_plain_autograd_function(case):
+    """No custom-op dispatch on the eager path: the output's grad_fn is the op's own Function."""
+    op, shapes, build = CASES[case]
+    out = op(*build(leaves(shapes)))
+    out = out[0] if isinstance(out, list) else out
+    ref = op.op(*build(leaves(shapes)))
+    ref = ref[0] if isinstance(ref, list) else ref
+    eager = type(out.grad_fn)
+    assert eager.__name__.endswith("Backward") and "effdrop" not in eager.__name__.lower()
+    assert type(ref.grad_fn) is not eager
+
+
+def test_list_outputs_stay_lists():
     grad = torch.randn(4, 5, 3, 3, requires_grad=True)
-    parts = call(drop_path_split_op, grad, SEED, 0.5, True, [2, 3], False)
+    parts = drop_path_split_op(grad, SEED, 0.5, True, [2, 3], False)
     assert isinstance(parts, list) and [p.shape[1] for p in parts] == [2, 3]
-    assert isinstance(parts[0].grad_fn, _EagerOp._backward_cls)
-
-
-def test_needs_input_grad_is_per_op_input():
-    """The formulas index needs_input_grad by op input; the autograd.Function's own is by flat
-    argument after (formula, layout), a list input spreading over several."""
-    class FunctionCtx:
-        needs_input_grad = (False, False, False, True, True, False)
-
-    op_ctx = _OpContext((2, -1, -1))  # a list of 2 tensors, then two single arguments
-    op_ctx._ctx = FunctionCtx()
-    assert op_ctx.needs_input_grad == (True, True, False)
 
 
 def test_double_backward_through_eager_path():
@@ -83,11 +87,16 @@ def test_fake_tensors_go_through_the_op():
         x = torch.randn(2, 3, 4, 4, requires_grad=True)
         out = ed.drop_neuron(x, 0.5, seed=1)
         assert out.shape == x.shape and out.grad_fn is not None
-        assert not isinstance(out.grad_fn, _EagerOp._backward_cls)
+        assert not isinstance(out.grad_fn, drop_neuron_op.function._backward_cls)
 
 
-def test_formula_without_autograd_refuses_grad_inputs():
-    from effdrop_triton.ops.norm_stats import norm_stats_op
+def test_op_without_autograd_refuses_grad_inputs():
+    from effdrop_triton.ops._autograd import Op
 
-    with pytest.raises(RuntimeError, match="effdrop::norm_stats has no autograd formula"):
-        call(norm_stats_op, torch.randn(2, 3, 4, requires_grad=True), 0, True, False)
+    def twice(x: torch.Tensor) -> torch.Tensor:
+        return x * 2
+
+    op = Op("effdrop_test::no_formula", twice, lambda x: torch.empty_like(x))
+    with pytest.raises(RuntimeError, match="effdrop_test::no_formula has no autograd formula"):
+        op(torch.randn(2, 3, requires_grad=True))
+    assert torch.equal(op(torch.ones(2)), torch.full((2,), 2.0))

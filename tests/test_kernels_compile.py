@@ -26,7 +26,8 @@ H100 = GPUTarget("cuda", 90, 32)
 TYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int64: "i64"}
 KERNELS = [(drop_neuron, "_drop_neuron_flat_kernel"), (drop_neuron, "_drop_neuron_channels_last_kernel"),
            (unit_gate, "_unit_gate_kernel"), (drop_layer, "_drop_layer_kernel"),
-           (norm_stats, "_partial_moments_kernel"), (norm_act_drop, "_norm_act_drop_fwd_kernel"),
+           (norm_stats, "_partial_moments_kernel"), (norm_stats, "_finish_moments_kernel"),
+           (norm_act_drop, "_norm_act_drop_fwd_kernel"),
            (norm_act_drop, "_norm_act_drop_bwd_sums_kernel"), (norm_act_drop, "_norm_act_drop_bwd_dx_kernel"),
            (norm_act_drop, "_norm_act_drop_neuron_fwd_kernel"), (norm_act_drop, "_norm_act_drop_neuron_bwd_sums_kernel"),
            (norm_act_drop, "_norm_act_drop_neuron_bwd_dx_kernel")]
@@ -180,18 +181,24 @@ def _vector_ops(ptx):
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_norm_act_drop_launches_compile_with_128bit_element_access(launches, case, channels_last, dtype):
-    """Every per-element load and store of the fused norm kernels is a 128-bit vector. Per-channel tables
-    are the only narrower loads, and only in NCHW (one constant serves a whole row there)."""
+    """Every per-element load and store of the fused norm kernels is a 128-bit vector. Per-channel constants
+    (statistics, weight, bias) are the only narrower loads, and only in NCHW (one constant serves a whole row
+    there) or for GroupNorm's per-(sample, group) statistics (gathered once per program's channels)."""
     x = torch.randn(8, 64, 16, 16, dtype=dtype)
     _run_norm(case, x.to(memory_format=torch.channels_last) if channels_last else x)
     names = {fn.__name__.replace("_neuron", "") for fn, _, _ in launches}  # drop-neuron has its own passes
-    assert {"_partial_moments_kernel", "_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"} <= names
+    expected = {"_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_sums_kernel", "_norm_act_drop_bwd_dx_kernel"}
+    if case != "bn_eval":  # eval normalizes with the running statistics: no statistics pass
+        expected |= {"_partial_moments_kernel", "_finish_moments_kernel"}
+    assert names == expected, names
     for fn, args, kwargs in launches:
+        if fn.__name__ == "_finish_moments_kernel":  # merges the (N, C, K) partials: no element access
+            continue
         ptx = compile_launch(fn, args, kwargs).asm["ptx"]
         loads, stores = _vector_ops(ptx)
         element_loads = {op for op in loads if ".v4." in op}
         assert element_loads, (fn.__name__, loads)
-        if channels_last:  # channels are the vector axis: the tables are vectors too
+        if channels_last and not case.startswith("gn"):  # channels are the vector axis: the constants are vectors too
             assert all(".v4." in op for op in loads), (fn.__name__, loads)
         if fn.__name__.replace("_neuron", "") in ("_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"):
             assert stores and all(".v4." in op for op in stores), (fn.__name__, stores)

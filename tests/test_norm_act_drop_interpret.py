@@ -10,6 +10,7 @@ than PyTorch's native kernels, so they are compared with a tight fp32 tolerance.
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import effdrop_triton as ed
 from effdrop_triton.functional import norm_act_drop, norm_act_drop_conv2d
@@ -44,6 +45,10 @@ def both(fn):
     return reference, actual
 
 
+def stats_op(x, num_groups, use_triton, running=(None, None, None), momentum=0.1):
+    return torch.ops.effdrop.norm_stats(x, *running, num_groups, momentum, use_triton)
+
+
 @pytest.mark.parametrize("shape", [(2, 6, 5, 7), (1, 6, 1, 97), (3, 3, 2, 2), (4, 6)])
 @pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -51,14 +56,34 @@ def test_statistics(shape, layout, dtype):
     if len(shape) == 2 and layout == "channels_last":
         layout = "strided"
     x = nonzero_randn(shape, dtype, layout) * 2 + 5
-    ref, out = both(lambda: torch.ops.effdrop.norm_stats(x, 3, True, ed.backend.use_triton(x)))
-    for a, b in zip(out, ref):
-        assert a.dtype == torch.float32 and a.shape == b.shape
-        torch.testing.assert_close(a, b, **TIGHT)
-    ref, out = both(lambda: torch.ops.effdrop.norm_stats(x, 0, True, ed.backend.use_triton(x)))
-    assert out[0].numel() == 0
-    torch.testing.assert_close(out[2], ref[2], **TIGHT)
-    torch.testing.assert_close(out[3], ref[3], **TIGHT)
+    for num_groups in (3, 0):
+        ref, out = both(lambda: stats_op(x, num_groups, ed.backend.use_triton(x)))
+        assert out.dtype == torch.float32 and out.shape == ref.shape == (
+            (2, shape[0], 3) if num_groups else (2, 1, shape[1]))
+        torch.testing.assert_close(out, ref, **TIGHT)
+
+
+@pytest.mark.parametrize("momentum", [0.1, None])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_running_statistics_update_on_the_device(momentum, dtype):
+    """The merge pass updates the running statistics as F.batch_norm (momentum=None: the cumulative average,
+    its weight read from num_batches_tracked on the device)."""
+    x = nonzero_randn((4, 5, 3, 7)) * 3 + 2
+    initial = (torch.randn(5, generator=torch.Generator().manual_seed(2)).to(dtype),
+               torch.rand(5, generator=torch.Generator().manual_seed(3)).add(0.5).to(dtype))
+    count = torch.tensor(3)
+    results = {}
+    for use in (False, True):
+        mean, var = (t.clone() for t in initial)
+        stats_op(x, 0, use, (mean, var, count if momentum is None else None), momentum or 0.0)
+        results[use] = (mean, var)
+    expected_mean, expected_var = (t.clone().float() for t in initial)
+    F.batch_norm(x, expected_mean, expected_var, training=True, momentum=1 / 3 if momentum is None else momentum)
+    tol = TIGHT if dtype == torch.float32 else dict(rtol=1e-3, atol=1e-3)
+    for use in (False, True):
+        torch.testing.assert_close(results[use][0].float(), expected_mean, **tol)
+        torch.testing.assert_close(results[use][1].float(), expected_var, **tol)
+        assert results[use][0].dtype == dtype
 
 
 def test_statistics_merge_chunks_and_blocks(monkeypatch):
@@ -69,15 +94,19 @@ def test_statistics_merge_chunks_and_blocks(monkeypatch):
     var_ref, mean_ref = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
     for target in (1024, 1):  # 3 chunks of 1024 / one chunk of 3 blocks
         monkeypatch.setattr(norm_stats, "_TARGET_PROGRAMS", target)
-        _, _, mean, var = torch.ops.effdrop.norm_stats(x, 0, True, True)
+        mean, var = stats_op(x, 0, True)[:, 0]
         torch.testing.assert_close(mean.double(), mean_ref, rtol=1e-7, atol=0)
         torch.testing.assert_close(var.double(), var_ref, rtol=1e-5, atol=0)
 
 
 def _stats_for(x, norm, num_groups):
     """Statistics from the fallback, so both backends' apply passes see the same numbers."""
-    group_mean, group_var, mean, var = torch.ops.effdrop.norm_stats(x.detach(), num_groups or 0, True, False)
-    return (mean, var) if norm == "bn" else (group_mean, group_var)
+    return stats_op(x.detach(), num_groups or 0, False)
+
+
+def apply_op(x, weight, bias, stats, seed, num_groups, batch_stats, act, drop, p, use_triton):
+    return torch.ops.effdrop.norm_act_drop(x, weight, bias, stats, seed, num_groups, 1e-5, act, drop, p, batch_stats,
+                                           use_triton)
 
 
 @pytest.mark.parametrize("norm,num_groups", NORMS)
@@ -86,10 +115,10 @@ def _stats_for(x, norm, num_groups):
 @pytest.mark.parametrize("act", [True, False])
 def test_apply_pass_is_bit_identical_with_the_same_statistics(norm, num_groups, layout, drop, act):
     x, weight, bias = make_inputs((3, 6, 5, 7), layout=layout)
-    mean, var = _stats_for(x, norm, num_groups)
+    stats = _stats_for(x, norm, num_groups)
     seed = torch.tensor(77)
-    outs = [torch.ops.effdrop.norm_act_drop(x, weight, bias, mean, var, seed if drop else None, num_groups or 0, True,
-                                            1e-5, act, drop, 0.4, use) for use in (False, True)]
+    outs = [apply_op(x, weight, bias, stats, seed if drop else None, num_groups or 0, True, act, drop, 0.4, use)
+            for use in (False, True)]
     assert outs[1].stride() == outs[0].stride()
     assert torch.equal(outs[1], outs[0])
     if drop:
@@ -100,9 +129,8 @@ def test_apply_pass_is_bit_identical_with_the_same_statistics(norm, num_groups, 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_apply_pass_low_precision_within_one_ulp(dtype, layout):
     x, weight, bias = make_inputs((3, 6, 5, 7), dtype, layout)
-    mean, var = _stats_for(x, "bn", None)
-    outs = [torch.ops.effdrop.norm_act_drop(x, weight, bias, mean, var, torch.tensor(5), 0, True, 1e-5, True, 2, 0.4,
-                                            use) for use in (False, True)]
+    stats = _stats_for(x, "bn", None)
+    outs = [apply_op(x, weight, bias, stats, torch.tensor(5), 0, True, True, 2, 0.4, use) for use in (False, True)]
     assert torch.equal(outs[1] == 0, outs[0] == 0)
     assert_within_ulp(outs[1], outs[0])
 
@@ -132,10 +160,9 @@ def test_neuron_groups_aligned_and_straddling(shape, layout, norm, num_groups, b
     multiple of 8) or straddle two. Output bit-identical, mask the standalone op's, gradients close."""
     x, weight, bias = make_inputs(shape, layout=layout)
     grad = nonzero_randn(x.shape, layout=layout, generator_seed=9)
-    mean, var = _stats_for(x, norm, num_groups)
-    results = [grads_of(lambda a, w, b: torch.ops.effdrop.norm_act_drop(
-        a, w, b, mean, var, torch.tensor(31), num_groups or 0, batch_stats, 1e-5, False, 1, 0.5, use),
-        x, weight, bias, grad) for use in (False, True)]
+    stats = _stats_for(x, norm, num_groups)
+    results = [grads_of(lambda a, w, b: apply_op(a, w, b, stats, torch.tensor(31), num_groups or 0, batch_stats, False,
+                                                 1, 0.5, use), x, weight, bias, grad) for use in (False, True)]
     assert torch.equal(results[1][0], results[0][0])
     with ed.use_backend("triton"):
         standalone = ed.drop_neuron(torch.ones_like(x), 0.5, seed=31)
@@ -153,12 +180,11 @@ def test_neuron_sums_merge_chunks_and_blocks(monkeypatch, norm, num_groups, shap
 
     x, weight, bias = make_inputs(shape, layout=layout)
     grad = nonzero_randn(x.shape, layout=layout, generator_seed=9)
-    mean, var = _stats_for(x, norm, num_groups)
+    stats = _stats_for(x, norm, num_groups)
 
     def run(use):
-        return grads_of(lambda a, w, b: torch.ops.effdrop.norm_act_drop(
-            a, w, b, mean, var, torch.tensor(13), num_groups or 0, True, 1e-5, True, 1, 0.5, use),
-            x, weight, bias, grad)
+        return grads_of(lambda a, w, b: apply_op(a, w, b, stats, torch.tensor(13), num_groups or 0, True, True, 1, 0.5,
+                                                 use), x, weight, bias, grad)
 
     reference = run(False)
     for target in (1024, 1):  # one group block per chunk / one chunk of every block
@@ -173,10 +199,10 @@ def test_neuron_sums_merge_chunks_and_blocks(monkeypatch, norm, num_groups, shap
 def test_backward_with_the_same_statistics(norm, num_groups, batch_stats, layout, drop):
     x, weight, bias = make_inputs((3, 6, 5, 7), layout=layout)
     grad = nonzero_randn(x.shape, layout=layout, generator_seed=9)
-    mean, var = _stats_for(x, norm, num_groups)
-    results = [grads_of(lambda a, w, b: torch.ops.effdrop.norm_act_drop(
-        a, w, b, mean, var, torch.tensor(31) if drop else None, num_groups or 0, batch_stats, 1e-5, True, drop, 0.3,
-        use), x, weight, bias, grad) for use in (False, True)]
+    stats = _stats_for(x, norm, num_groups)
+    results = [grads_of(lambda a, w, b: apply_op(a, w, b, stats, torch.tensor(31) if drop else None, num_groups or 0,
+                                                 batch_stats, True, drop, 0.3, use), x, weight, bias, grad)
+               for use in (False, True)]
     assert torch.equal(results[1][0], results[0][0])
     assert results[1][1].stride() == results[0][1].stride()
     for a, b in zip(results[1][1:], results[0][1:]):

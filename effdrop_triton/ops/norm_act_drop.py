@@ -31,15 +31,15 @@ DROP_NONE, DROP_NEURON, DROP_CHANNEL = 0, 1, 2
 
 class Tables:
     """The fallback's per-channel ``(1, C)`` (BatchNorm) or per-(sample, channel) ``(N, C)`` (GroupNorm)
-    constants from the ``(2, R, G)`` statistics, with the kernels' operations (correctly rounded
-    square root and reciprocal, ``shift = bias - mean * scale``)."""
+    constants from the ``(2, R, G)`` statistics, with the kernels' operations (``rsqrt``, which on the
+    CPU is the correctly rounded ``1 / sqrt`` the kernels compute; ``shift = bias - mean * scale``)."""
 
     def __init__(self, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor, num_groups: int,
                  eps: float):
         N, C = x.shape[0], x.shape[1]
         cd = compute_dtype(x.dtype)
         stats = stats.to(cd)
-        self.group_mean, self.group_invstd = stats[0], (stats[1] + eps).sqrt_().reciprocal_()  # (R, G)
+        self.group_mean, self.group_invstd = stats[0], (stats[1] + eps).rsqrt_()  # (R, G)
         if num_groups:  # (N, G) -> (N, C)
             self.invstd = self.group_invstd.repeat_interleave(C // num_groups, dim=1)
             self.mean = self.group_mean.repeat_interleave(C // num_groups, dim=1)
