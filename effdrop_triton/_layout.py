@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -9,7 +10,12 @@ import torch
 
 def is_channels_last(x: torch.Tensor) -> bool:
     """True when memory runs (N, spatial..., C): channels_last / channels_last_3d and their kin."""
-    return x.dim() >= 3 and x.movedim(1, -1).is_contiguous()
+    dim = x.dim()
+    if dim == 4:  # the memory-format checks are one C call; movedim makes a view
+        return x.is_contiguous(memory_format=torch.channels_last)
+    if dim == 5:
+        return x.is_contiguous(memory_format=torch.channels_last_3d)
+    return dim >= 3 and x.movedim(1, -1).is_contiguous()
 
 
 def is_sample_dense(x: torch.Tensor) -> bool:
@@ -23,6 +29,35 @@ def as_ncs(x: torch.Tensor) -> torch.Tensor:
     if x.dim() == 2:
         return x.unsqueeze(-1)
     return x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _ncs_geometry(shape, strides):
+    """``((N, C, S), (sn, sc, ss))`` of the given sizes and strides, or None when the spatial dims do not
+    merge into one stride."""
+    if len(shape) == 2:
+        return (shape[0], shape[1], 1), (strides[0], strides[1], 1)
+    S, ss, expected = 1, None, None
+    for size, stride in zip(reversed(shape[2:]), reversed(strides[2:])):
+        if size == 1:
+            continue
+        if expected is not None and stride != expected:
+            return None
+        ss = stride if ss is None else ss
+        expected = stride * size
+        S *= size
+    return (shape[0], shape[1], S), (strides[0], strides[1], 1 if ss is None else ss)
+
+
+def ncs(x: torch.Tensor):
+    """``(x, (N, C, S), (sn, sc, ss))``: the memory of an (N, C, *) tensor (S = 1 for 2-d input) seen as
+    (N, C, S) without making a view (a view costs the host more than a kernel launch); ``x`` is a
+    contiguous copy when its spatial dims cannot be merged (the kernels take any N and C strides)."""
+    geometry = _ncs_geometry(x.shape, x.stride())
+    if geometry is None:
+        x = x.contiguous()
+        geometry = _ncs_geometry(x.shape, x.stride())
+    return x, geometry[0], geometry[1]
 
 
 def empty_dense(shape, channels_last: bool, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -39,6 +74,11 @@ def is_channels_minor(x: torch.Tensor) -> bool:
 
 def empty_dense_like(x: torch.Tensor, shape=None) -> torch.Tensor:
     """``empty_dense`` keeping ``x``'s layout kind: channels_last stays channels_last."""
+    if shape is None:  # the common cases first, without building the shape
+        if x.is_contiguous():
+            return torch.empty_like(x, memory_format=torch.contiguous_format)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            return torch.empty_like(x, memory_format=torch.channels_last)
     shape = x.shape if shape is None else shape
     return empty_dense(shape, is_channels_minor(x), x.dtype, x.device)
 

@@ -3,6 +3,8 @@
 The branch of a dropped sample is never read.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -45,18 +47,22 @@ def _drop_layer_kernel(
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=in_bounds)
 
 
+@functools.lru_cache(maxsize=1024)
+def _plan(N: int, M: int, per_sample: bool):
+    block = min(4096, next_power_of_2(M))
+    rows = min(next_power_of_2(N), max(1, 4096 // block))
+    num_blocks = cdiv(M, block)
+    meta = dict(PER_SAMPLE=per_sample, ROWS=rows, BLOCK=block, num_warps=4 if rows * block <= 1024 else 8)
+    return (cdiv(N, rows) * num_blocks,), num_blocks, meta
+
+
 def drop_layer_triton(branch: torch.Tensor, shortcut: torch.Tensor, out: torch.Tensor, seed: torch.Tensor,
                       p: float, per_sample: bool) -> None:
     """Fused residual add into ``out``; all three share one per-sample-dense layout."""
     N = branch.shape[0]
-    if branch.numel() == 0:
+    numel = branch.numel()
+    if numel == 0:
         return
-    M = branch.numel() // N
-    block = min(4096, next_power_of_2(M))
-    rows = min(next_power_of_2(N), max(1, 4096 // block))
-    num_blocks = cdiv(M, block)
-    grid = (cdiv(N, rows) * num_blocks,)
-    _drop_layer_kernel[grid](
-        branch, shortcut, out, seed, N, M, num_blocks, unit_threshold(p), keep_scale(p),
-        PER_SAMPLE=per_sample, ROWS=rows, BLOCK=block, num_warps=4 if rows * block <= 1024 else 8,
-    )
+    M = numel // N
+    grid, num_blocks, meta = _plan(N, M, per_sample)
+    _drop_layer_kernel[grid](branch, shortcut, out, seed, N, M, num_blocks, unit_threshold(p), keep_scale(p), **meta)

@@ -4,6 +4,8 @@ Forward and backward are the same kernel: backward applies the mask, regenerated
 from the seed, to the incoming gradient.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -90,28 +92,31 @@ def _drop_neuron_channels_last_kernel(
 
 
 def _launch_flat(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
-    calls = 256
-    grid = (cdiv(x.numel(), 8 * calls),)
-    lanes = min(8, 16 // x.element_size())
-    _drop_neuron_flat_kernel[grid](x, out, seed, x.numel(), neuron_threshold(p), keep_scale(p), CALLS=calls,
-                                   LANES=lanes, num_warps=4)
+    numel = x.numel()
+    _drop_neuron_flat_kernel[(cdiv(numel, 8 * FLAT_CALLS),)](
+        x, out, seed, numel, neuron_threshold(p), keep_scale(p), CALLS=FLAT_CALLS, LANES=min(8, 16 // x.element_size()),
+        num_warps=4)
 
 
-def _launch_channels_last(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
-    N, C = x.shape[0], x.shape[1]
-    S = x.numel() // (N * C)
+FLAT_CALLS = 256  # Philox calls per program of the flat kernel
+
+
+@functools.lru_cache(maxsize=1024)
+def _channels_last_plan(N: int, C: int, S: int, element_size: int):
     block_c = min(64, next_power_of_2(C))
     block_s8 = min(next_power_of_2(cdiv(S, 8)), max(1, 1024 // block_c))
     num_s_blocks = cdiv(S, 8 * block_s8)
     num_c_blocks = cdiv(C, block_c)
     # as many threads as 16-byte vectors in one [block_s8, block_c] piece: none computes a call twice
-    vectors = block_s8 * block_c * x.element_size() // 16
-    num_warps = max(1, min(4, vectors // 32))
-    grid = (N * num_c_blocks * num_s_blocks,)
-    _drop_neuron_channels_last_kernel[grid](
-        x, out, seed, C, S, num_s_blocks, num_c_blocks, neuron_threshold(p), keep_scale(p),
-        BLOCK_S8=block_s8, BLOCK_C=block_c, ALIGNED=S % 8 == 0, num_warps=num_warps,
-    )
+    vectors = block_s8 * block_c * element_size // 16
+    meta = dict(BLOCK_S8=block_s8, BLOCK_C=block_c, ALIGNED=S % 8 == 0, num_warps=max(1, min(4, vectors // 32)))
+    return (N * num_c_blocks * num_s_blocks,), (C, S, num_s_blocks, num_c_blocks), meta
+
+
+def _launch_channels_last(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
+    N, C = x.shape[0], x.shape[1]
+    grid, args, meta = _channels_last_plan(N, C, x.numel() // (N * C), x.element_size())
+    _drop_neuron_channels_last_kernel[grid](x, out, seed, *args, neuron_threshold(p), keep_scale(p), **meta)
 
 
 def drop_neuron_triton(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:

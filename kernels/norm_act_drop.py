@@ -15,13 +15,15 @@ weight and bias gradients (and, for GroupNorm, into per-(sample, group) sums) wi
 second forms ``dx = k1 * dz + k2 * xhat + k3`` with the constants made from those sums in place.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from .grid import cdiv, next_power_of_2
 
-from effdrop_triton._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor
+from effdrop_triton._layout import empty_dense, empty_dense_like, is_channels_minor, ncs
 from effdrop_triton.philox import keep_scale, neuron_threshold, unit_threshold
 
 from . import norm_stats
@@ -614,15 +616,10 @@ def _norm_act_drop_neuron_bwd_sums_kernel(
                   GROUPED, HAS_WEIGHT)
 
 
-def _strides(t: torch.Tensor):
-    return t.stride(0), t.stride(1), t.stride(2)
-
-
-def _unit_strides(*views: torch.Tensor):
-    """``(S_UNIT_STRIDE, C_UNIT_STRIDE)`` when every view shares the layout kind."""
-    S = views[0].shape[2]
-    s_unit = S > 1 and all(v.stride(2) == 1 for v in views)
-    c_unit = all(v.stride(1) == 1 for v in views) and not s_unit
+def _unit_strides(S: int, *strides):
+    """``(S_UNIT_STRIDE, C_UNIT_STRIDE)`` when every (N, C, S) view shares the layout kind."""
+    s_unit = S > 1 and all(st[2] == 1 for st in strides)
+    c_unit = all(st[1] == 1 for st in strides) and not s_unit
     return s_unit, c_unit
 
 
@@ -684,33 +681,38 @@ def _norm_args(weight, bias, stats: torch.Tensor, num_groups: int, C: int):
     return (stats if weight is None else weight), (stats if bias is None else bias), num_groups or C, norm
 
 
+@functools.lru_cache(maxsize=1024)
+def _fwd_plan(N: int, C: int, S: int, x_strides, out_strides, neuron: bool, element_size: int):
+    """``(grid, runtime arguments after the pointers, constexprs)`` of the apply pass."""
+    s_unit, c_unit = _unit_strides(S, x_strides, out_strides)
+    strides = (*x_strides, *out_strides)
+    if neuron:
+        grid, num_g_blocks, num_c_blocks, meta = _neuron_blocks(N, C, S, c_unit, element_size)
+        return grid, (N, C, S, *strides), (num_g_blocks, num_c_blocks), dict(
+            S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **meta)
+    block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
+    num_s_blocks, num_c_blocks = cdiv(S, block_s), cdiv(C, block_c)
+    grid = (cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
+    return grid, (N, C, S, *strides), (num_s_blocks, num_c_blocks), dict(
+        S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4)
+
+
 def norm_act_drop_fwd_triton(x: torch.Tensor, weight, bias, stats: torch.Tensor, seed, num_groups: int, eps: float,
                              p: float, act: bool, drop: int) -> torch.Tensor:
     """``drop(relu(x * scale + shift))`` with the affine made from ``stats`` (2, R, G); the output keeps
     x's layout (channels_last stays channels_last). One launch."""
     out = empty_dense_like(x)
-    src, dst = as_ncs(x), as_ncs(out)
-    N, C, S = src.shape
+    x, (N, C, S), x_strides = ncs(x)
+    _, _, out_strides = ncs(out)
+    grid, head, tail, meta = _fwd_plan(N, C, S, x_strides, out_strides, drop == 1, x.element_size())
     weight, bias, G, norm = _norm_args(weight, bias, stats, num_groups, C)
     seed_ptr, threshold, dscale = _drop_args(seed, p, drop, stats)
-    s_unit, c_unit = _unit_strides(src, dst)
     if drop == 1:
-        grid, num_g_blocks, num_c_blocks, constexprs = _neuron_blocks(N, C, S, c_unit, x.element_size())
-        _norm_act_drop_neuron_fwd_kernel[grid](
-            src, dst, stats, weight, bias, seed_ptr, N, C, S, *_strides(src), *_strides(dst), G, eps,
-            num_g_blocks, num_c_blocks, threshold, dscale,
-            ACT=act, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **norm, **constexprs,
-        )
-        return out
-    block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
-    num_s_blocks, num_c_blocks = cdiv(S, block_s), cdiv(C, block_c)
-    grid = (cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
-    _norm_act_drop_fwd_kernel[grid](
-        src, dst, stats, weight, bias, seed_ptr, N, C, S, *_strides(src), *_strides(dst), G, eps,
-        num_s_blocks, num_c_blocks, threshold, dscale,
-        ACT=act, DROP=drop, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit,
-        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4, **norm,
-    )
+        kernel = _norm_act_drop_neuron_fwd_kernel
+    else:
+        kernel, meta = _norm_act_drop_fwd_kernel, dict(meta, DROP=drop)
+    kernel[grid](x, out, stats, weight, bias, seed_ptr, *head, G, eps, *tail, threshold, dscale, ACT=act, **norm,
+                 **meta)
     return out
 
 
@@ -723,54 +725,61 @@ def _grad_view(grad: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+@functools.lru_cache(maxsize=1024)
+def _bwd_plan(N: int, C: int, S: int, x_strides, dy_strides, dx_strides, neuron: bool, element_size: int):
+    """The sums pass's and the input-gradient pass's ``(grid, arguments, arguments, constexprs)``."""
+    s_unit, c_unit = _unit_strides(S, x_strides, dy_strides, dx_strides)
+    layout = dict(S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit)
+    strides = (*x_strides, *dy_strides)
+    if neuron:
+        grid, num_g_blocks, num_c_blocks, meta = _neuron_blocks(N, C, S, c_unit, element_size)
+        # the sums walk the same tiles, a chunk of group blocks per program
+        rows = cdiv(N, meta["BLOCK_N"]) * num_c_blocks
+        if meta["TILE"] == CHANNEL_GROUPS:  # S == 1: a program's sums are its elements
+            num_chunks, blocks_per_chunk = num_g_blocks, 1
+        else:
+            chunks = max(1, min(num_g_blocks, cdiv(norm_stats._TARGET_PROGRAMS, rows)))
+            blocks_per_chunk = cdiv(num_g_blocks, chunks)
+            num_chunks = cdiv(num_g_blocks, blocks_per_chunk)
+        sums = ((rows * num_chunks,), (N, C, S, *strides),
+                (num_c_blocks, num_chunks, blocks_per_chunk), dict(layout, **meta))
+        dx = (grid, (N, C, S, *strides, *dx_strides),
+              (num_g_blocks, num_c_blocks), dict(layout, **meta))
+        return sums, dx
+    block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
+    num_chunks, num_c_blocks = cdiv(S, chunk), cdiv(C, block_c)
+    sums = ((N * num_c_blocks * num_chunks,), (N, C, S, *strides),
+            (num_c_blocks, num_chunks, chunk, chunk // block_s), dict(layout, BLOCK_C=block_c, BLOCK_S=block_s,
+                                                                        num_warps=4))
+    block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
+    num_s_blocks, num_c_blocks = cdiv(S, block_s), cdiv(C, block_c)
+    dx = ((cdiv(N, block_n) * num_c_blocks * num_s_blocks,),
+          (N, C, S, *strides, *dx_strides), (num_s_blocks, num_c_blocks),
+          dict(layout, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4))
+    return sums, dx
+
+
 def norm_act_drop_bwd_triton(grad: torch.Tensor, x: torch.Tensor, weight, bias, stats: torch.Tensor, seed,
                              num_groups: int, eps: float, p: float, act: bool, drop: int, coupled: bool):
     """``(dx, dparams)``: the input gradient and the (2, C) fp32 weight and bias gradients. Two launches: the
     sums pass adds into one zeroed buffer, the input-gradient pass reads the constants it needs from it.
     ``coupled``: the statistics depend on x (batch statistics or GroupNorm)."""
     dx = empty_dense_like(x)
-    src, dy, dst = as_ncs(x), as_ncs(_grad_view(grad, x)), as_ncs(dx)
-    N, C, S = src.shape
+    dy, _, dy_strides = ncs(_grad_view(grad, x))
+    x, (N, C, S), x_strides = ncs(x)
+    _, _, dx_strides = ncs(dx)
+    sums_pass, dx_pass = _bwd_plan(N, C, S, x_strides, dy_strides, dx_strides, drop == 1, x.element_size())
     weight, bias, G, norm = _norm_args(weight, bias, stats, num_groups, C)
     sums = torch.zeros(2 * C + (2 * N * G if num_groups else 0), dtype=torch.float32, device=x.device)
     seed_ptr, threshold, dscale = _drop_args(seed, p, drop, stats)
-    s_unit, c_unit = _unit_strides(src, dy, dst)
-    strides = (*_strides(src), *_strides(dy))
     if drop == 1:
-        grid, num_g_blocks, num_c_blocks, constexprs = _neuron_blocks(N, C, S, c_unit, x.element_size())
-        # the sums walk the same tiles, a chunk of group blocks per program
-        rows = cdiv(N, constexprs["BLOCK_N"]) * num_c_blocks
-        if constexprs["TILE"] == CHANNEL_GROUPS:  # S == 1: a program's sums are its elements
-            num_chunks, blocks_per_chunk = num_g_blocks, 1
-        else:
-            chunks = max(1, min(num_g_blocks, cdiv(norm_stats._TARGET_PROGRAMS, rows)))
-            blocks_per_chunk = cdiv(num_g_blocks, chunks)
-            num_chunks = cdiv(num_g_blocks, blocks_per_chunk)
-        _norm_act_drop_neuron_bwd_sums_kernel[(rows * num_chunks,)](
-            src, dy, sums, stats, weight, bias, seed_ptr, N, C, S, *strides, G, eps, num_c_blocks, num_chunks,
-            blocks_per_chunk, threshold, dscale,
-            ACT=act, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **norm, **constexprs,
-        )
-        _norm_act_drop_neuron_bwd_dx_kernel[grid](
-            src, dy, dst, stats, weight, bias, sums, seed_ptr, N, C, S, *strides, *_strides(dst), G, eps,
-            num_g_blocks, num_c_blocks, threshold, dscale,
-            ACT=act, COUPLED=coupled, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, **norm, **constexprs,
-        )
-        return dx, sums[:2 * C].view(2, C)
-    block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
-    num_chunks, num_c_blocks = cdiv(S, chunk), cdiv(C, block_c)
-    _norm_act_drop_bwd_sums_kernel[(N * num_c_blocks * num_chunks,)](
-        src, dy, sums, stats, weight, bias, seed_ptr, N, C, S, *strides, G, eps, num_c_blocks, num_chunks, chunk,
-        chunk // block_s, threshold, dscale,
-        ACT=act, DROP=drop, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_C=block_c, BLOCK_S=block_s,
-        num_warps=4, **norm,
-    )
-    block_n, block_c, block_s = _elementwise_blocks(N, C, S, c_unit)
-    num_s_blocks, num_c_blocks = cdiv(S, block_s), cdiv(C, block_c)
-    _norm_act_drop_bwd_dx_kernel[(cdiv(N, block_n) * num_c_blocks * num_s_blocks,)](
-        src, dy, dst, stats, weight, bias, sums, seed_ptr, N, C, S, *strides, *_strides(dst), G, eps,
-        num_s_blocks, num_c_blocks, threshold, dscale,
-        ACT=act, DROP=drop, COUPLED=coupled, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit,
-        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4, **norm,
-    )
+        sums_kernel, dx_kernel, drop_meta = _norm_act_drop_neuron_bwd_sums_kernel, _norm_act_drop_neuron_bwd_dx_kernel, {}
+    else:
+        sums_kernel, dx_kernel, drop_meta = _norm_act_drop_bwd_sums_kernel, _norm_act_drop_bwd_dx_kernel, dict(DROP=drop)
+    grid, head, tail, meta = sums_pass
+    sums_kernel[grid](x, dy, sums, stats, weight, bias, seed_ptr, *head, G, eps, *tail, threshold, dscale, ACT=act,
+                 **norm, **drop_meta, **meta)
+    grid, head, tail, meta = dx_pass
+    dx_kernel[grid](x, dy, dx, stats, weight, bias, sums, seed_ptr, *head, G, eps, *tail, threshold, dscale, ACT=act,
+                 COUPLED=coupled, **norm, **drop_meta, **meta)
     return dx, sums[:2 * C].view(2, C)

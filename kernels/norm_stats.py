@@ -8,9 +8,13 @@ pass merges the ``(N, C, K)`` partials per channel (BatchNorm) or per (sample, g
 and updates the running statistics on the device, so no statistic ever passes through the host.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
+
+from effdrop_triton._layout import ncs
 
 from .grid import cdiv, next_power_of_2
 
@@ -165,39 +169,43 @@ def _finish_moments_kernel(
         tl.store(running_var_ptr + o, running_var.to(running_var_ptr.dtype.element_ty), mask=o_in_bounds)
 
 
+@functools.lru_cache(maxsize=1024)
+def _plan(N: int, C: int, S: int, strides, num_groups: int):
+    """The partial-moments and merge launches' grids and arguments for one geometry."""
+    s_unit = S > 1 and strides[2] == 1
+    c_unit = strides[1] == 1 and not s_unit
+    block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
+    num_chunks = cdiv(S, chunk)
+    num_c_blocks = cdiv(C, block_c)
+    partial = ((N * num_c_blocks * num_chunks,), (N, C, S, *strides, num_c_blocks, num_chunks, chunk, chunk // block_s),
+               dict(S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4))
+    grouped = num_groups > 0
+    G = num_groups if grouped else C
+    outputs = N * G if grouped else C
+    merged = (C // G if grouped else N) * num_chunks
+    block_m = min(128, next_power_of_2(merged))
+    block_o = max(1, min(next_power_of_2(outputs), 2048 // block_m, 64))
+    count = (C // G if grouped else N) * S
+    merge = ((cdiv(outputs, block_o),), (N, C, G, S, num_chunks, chunk),
+             count / (count - 1) if count > 1 else float("inf"), dict(BLOCK_O=block_o, BLOCK_M=block_m, num_warps=4))
+    return (2, N, C, num_chunks), (2, N if grouped else 1, G), partial, merge
+
+
 def norm_stats_triton(x: torch.Tensor, num_groups: int, running_mean, running_var, num_batches_tracked,
                       momentum: float) -> torch.Tensor:
     """``(2, R, G)`` fp32 mean and biased variance of an (N, C, *) tensor: per channel (``num_groups == 0``,
     BatchNorm: R = 1, G = C, running statistics updated in place when given) or per (sample, group)
     (GroupNorm: R = N, G = num_groups). Two launches: the partial moments, then their merge."""
-    from effdrop_triton._layout import as_ncs
-
-    src = as_ncs(x)
-    N, C, S = src.shape
-    s_unit = S > 1 and src.stride(2) == 1
-    c_unit = src.stride(1) == 1 and not s_unit
-    block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
-    num_chunks = cdiv(S, chunk)
-    num_c_blocks = cdiv(C, block_c)
-    partials = torch.empty((2, N, C, num_chunks), dtype=torch.float32, device=x.device)
-    _partial_moments_kernel[(N * num_c_blocks * num_chunks,)](
-        src, partials, N, C, S, src.stride(0), src.stride(1), src.stride(2), num_c_blocks, num_chunks, chunk,
-        chunk // block_s, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
-    )
-    grouped = num_groups > 0
-    G = num_groups if grouped else C
-    outputs = N * G if grouped else C
-    stats = torch.empty((2, N if grouped else 1, G), dtype=torch.float32, device=x.device)
-    merged = (C // G if grouped else N) * num_chunks
-    block_m = min(128, next_power_of_2(merged))
-    block_o = max(1, min(next_power_of_2(outputs), 2048 // block_m, 64))
+    x, (N, C, S), strides = ncs(x)
+    partials_shape, stats_shape, (grid, args, meta), (merge_grid, merge_args, unbias, merge_meta) = _plan(
+        N, C, S, strides, num_groups)
+    partials = torch.empty(partials_shape, dtype=torch.float32, device=x.device)
+    _partial_moments_kernel[grid](x, partials, *args, **meta)
+    stats = torch.empty(stats_shape, dtype=torch.float32, device=x.device)
     update = running_mean is not None
-    count = (C // G if grouped else N) * S
-    _finish_moments_kernel[(cdiv(outputs, block_o),)](
+    _finish_moments_kernel[merge_grid](
         partials, stats, running_mean if update else stats, running_var if update else stats,
-        num_batches_tracked if num_batches_tracked is not None else stats, N, C, G, S, num_chunks, chunk,
-        momentum, count / (count - 1) if count > 1 else float("inf"),
-        GROUPED=grouped, UPDATE_RUNNING=update, CUMULATIVE=num_batches_tracked is not None,
-        BLOCK_O=block_o, BLOCK_M=block_m, num_warps=4,
+        stats if num_batches_tracked is None else num_batches_tracked, *merge_args, momentum, unbias,
+        GROUPED=num_groups > 0, UPDATE_RUNNING=update, CUMULATIVE=num_batches_tracked is not None, **merge_meta,
     )
     return stats

@@ -7,6 +7,8 @@ by its unit's gate; unit of (n, c) = ``n * units_per_sample`` (per-sample mode o
 (channels-first layouts).
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -70,24 +72,11 @@ def _unit_gate_kernel(
     tl.store(dst, y.to(dst_ptr.dtype.element_ty), mask=in_bounds)
 
 
-def unit_gate_triton(
-    src: torch.Tensor,
-    dst: torch.Tensor,
-    seed: torch.Tensor,
-    p: float,
-    *,
-    stream: int,
-    per_sample: bool,
-    units_per_sample: int,
-    unit_base: int = 0,
-    channels_per_unit: int = 1,
-) -> None:
-    """Write the gated ``src`` into ``dst``; both are (N, C, S) views of any strides."""
-    N, C, S = src.shape
-    if src.numel() == 0:
-        return
-    s_unit = S > 1 and src.stride(2) == 1 and dst.stride(2) == 1
-    c_unit = src.stride(1) == 1 and dst.stride(1) == 1 and not s_unit
+@functools.lru_cache(maxsize=1024)
+def _plan(N: int, C: int, S: int, src_strides, dst_strides, sample_units: int, unit_base: int, channels_per_unit: int):
+    """``(grid, runtime arguments, constexprs)`` of one geometry (cached: the launch arithmetic is host time)."""
+    s_unit = S > 1 and src_strides[2] == 1 and dst_strides[2] == 1
+    c_unit = src_strides[1] == 1 and dst_strides[1] == 1 and not s_unit
     if c_unit:
         # channels_last: a thread holds a vector of channels, so it draws their gates once and
         # reuses them over many positions (64 channels x 128 positions per program)
@@ -100,12 +89,21 @@ def unit_gate_triton(
     num_s_blocks = cdiv(S, block_s)
     num_c_blocks = cdiv(C, block_c)
     grid = (cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
-    _unit_gate_kernel[grid](
-        src, dst, seed, N, C, S,
-        src.stride(0), src.stride(1), src.stride(2),
-        dst.stride(0), dst.stride(1), dst.stride(2),
-        units_per_sample if per_sample else 0, unit_base, channels_per_unit, num_s_blocks, num_c_blocks,
-        unit_threshold(p), keep_scale(p),
-        STREAM=stream, S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit,
-        BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4,
-    )
+    args = (N, C, S, *src_strides, *dst_strides, sample_units, unit_base, channels_per_unit, num_s_blocks,
+            num_c_blocks)
+    meta = dict(S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s,
+                num_warps=4)
+    return grid, args, meta
+
+
+def unit_gate_triton(src, dst, seed: torch.Tensor, p: float, *, stream: int, per_sample: bool, units_per_sample: int,
+                     unit_base: int = 0, channels_per_unit: int = 1) -> None:
+    """Write the gated source into the destination; both are ``(tensor, (N, C, S), strides)`` triples of
+    ``effdrop_triton._layout.ncs`` (any strides)."""
+    src, (N, C, S), src_strides = src
+    dst, _, dst_strides = dst
+    if N * C * S == 0:
+        return
+    grid, args, meta = _plan(N, C, S, src_strides, dst_strides, units_per_sample if per_sample else 0, unit_base,
+                             channels_per_unit)
+    _unit_gate_kernel[grid](src, dst, seed, *args, unit_threshold(p), keep_scale(p), STREAM=stream, **meta)

@@ -124,6 +124,7 @@ def test_drop_layer_mixed_layouts():
 
 def test_unit_counter_high_word():
     """Unit indices past 2**32 use the counter's high word the same way on both backends."""
+    from effdrop_triton._layout import ncs
     from effdrop_triton.kernels.unit_gate import unit_gate_triton
     from effdrop_triton.ops.unit_gate import unit_gate_torch
 
@@ -131,7 +132,7 @@ def test_unit_counter_high_word():
     rule = dict(stream=2, per_sample=True, units_per_sample=2**31, unit_base=2**33 + 5, channels_per_unit=1)
     a, b = torch.empty_like(src), torch.empty_like(src)
     unit_gate_torch(src, a, torch.tensor(17), 0.5, **rule)
-    unit_gate_triton(src, b, torch.tensor(17), 0.5, **rule)
+    unit_gate_triton(ncs(src), ncs(b), torch.tensor(17), 0.5, **rule)
     assert torch.equal(a, b) and 0 < (a == 0).sum() < a.numel()
 
 

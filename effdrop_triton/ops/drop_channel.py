@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from .. import philox
-from .._layout import as_ncs, empty_dense_like
+from .._layout import empty_dense_like
 from ._autograd import self_adjoint
 from .unit_gate import unit_gate
 
@@ -13,7 +13,7 @@ from .unit_gate import unit_gate
 def _drop_channel(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
     out = empty_dense_like(x)
     if x.numel():
-        unit_gate(as_ncs(x), as_ncs(out), seed, p, use_triton,
+        unit_gate(x, out, seed, p, use_triton,
                   stream=philox.STREAM_CHANNEL, per_sample=True, units_per_sample=x.shape[1])
     return out
 

@@ -9,11 +9,13 @@ from torch import Tensor
 from .. import philox
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
 from ._autograd import Op, self_adjoint
-from .unit_gate import gate_factor, unit_gate, unit_keep_table
+from .unit_gate import gate_factor, unit_gate_torch, unit_keep_table
 
 
 def _layer_inputs(branch: Tensor, shortcut: Tensor):
     """Branch and shortcut in one per-sample-dense layout (the shortcut's, when it has one)."""
+    if shortcut.is_contiguous() and branch.is_contiguous():
+        return branch, shortcut
     channels_last = not shortcut.is_contiguous() and is_channels_last(shortcut)
     shortcut = to_dense_layout(shortcut, channels_last)
     branch = branch if branch.stride() == shortcut.stride() else to_dense_layout(branch, channels_last)
@@ -63,9 +65,17 @@ def _layer_gate(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_triton:
     """``x * gate[n] / (1 - p)``: the gradient of the branch of ``drop_layer``."""
     x = x if is_sample_dense(x) else x.contiguous()
     out = empty_dense_like(x)
-    if out.numel():
-        unit_gate(per_sample_rows(x), per_sample_rows(out), seed, p, use_triton,
-                  stream=philox.STREAM_LAYER, per_sample=per_sample, units_per_sample=1)
+    if out.numel() == 0:
+        return out
+    rule = dict(stream=philox.STREAM_LAYER, per_sample=per_sample, units_per_sample=1)
+    if use_triton:  # each sample's memory as one row: (N, 1, M) with unit strides
+        from effdrop_triton.kernels.unit_gate import unit_gate_triton
+
+        N = x.shape[0]
+        rows = ((N, 1, x.numel() // N), (x.stride(0), x.stride(0), 1))  # a 16-divisible C stride keeps vectors
+        unit_gate_triton((x, *rows), (out, *rows), seed, p, **rule)
+    else:
+        unit_gate_torch(per_sample_rows(x), per_sample_rows(out), seed, p, **rule)
     return out
 
 

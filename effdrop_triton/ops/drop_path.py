@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from .. import philox
-from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor
+from .._layout import empty_dense, empty_dense_like, is_channels_minor
 from ._autograd import Op, self_adjoint, traced
 from .unit_gate import path_gate, unit_gate
 
@@ -32,22 +32,21 @@ def _split_outputs(grad: Tensor, sizes: List[int]) -> List[Tensor]:
 
 def _drop_path_cat(branches: List[Tensor], seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> Tensor:
     out = _cat_output(branches)
-    path_gate([as_ncs(b) for b in branches], as_ncs(out).split([b.shape[1] for b in branches], dim=1),
-              seed, p, per_sample, use_triton)
+    path_gate(branches, out.split([b.shape[1] for b in branches], dim=1), seed, p, per_sample, use_triton)
     return out
 
 
 def _drop_path_split(grad: Tensor, seed: Tensor, p: float, per_sample: bool, sizes: List[int],
                      use_triton: bool) -> List[Tensor]:
     outs = _split_outputs(grad, sizes)
-    path_gate(as_ncs(grad).split(sizes, dim=1), [as_ncs(out) for out in outs], seed, p, per_sample, use_triton)
+    path_gate(grad.split(sizes, dim=1), outs, seed, p, per_sample, use_triton)
     return outs
 
 
 def _drop_path_groups(x: Tensor, seed: Tensor, p: float, groups: int, per_sample: bool, use_triton: bool) -> Tensor:
     out = empty_dense_like(x)
     if x.numel():
-        unit_gate(as_ncs(x), as_ncs(out), seed, p, use_triton,
+        unit_gate(x, out, seed, p, use_triton,
                   stream=philox.STREAM_PATH, per_sample=per_sample, units_per_sample=groups,
                   channels_per_unit=x.shape[1] // groups)
     return out

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .. import philox
+from .._layout import as_ncs, ncs
 
 
 def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, stream: int, per_sample: bool,
@@ -51,22 +52,24 @@ def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p:
 
 
 def unit_gate(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, use_triton: bool, **rule) -> None:
+    """``dst = src * keep / (1 - p)`` for (N, C, *) tensors (spatial dims merged)."""
     if use_triton:
         from effdrop_triton.kernels.unit_gate import unit_gate_triton
 
-        unit_gate_triton(src, dst, seed, p, **rule)
+        unit_gate_triton(ncs(src), ncs(dst), seed, p, **rule)
     else:
-        unit_gate_torch(src, dst, seed, p, **rule)
+        unit_gate_torch(as_ncs(src), as_ncs(dst), seed, p, **rule)
 
 
 def path_gate(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool, use_triton: bool) -> None:
-    """Gate path ``i`` of a multi-path block: ``dsts[i] = srcs[i] * keep[n, i] / (1 - p)`` for (N, C_i, S) views."""
+    """Gate path ``i`` of a multi-path block: ``dsts[i] = srcs[i] * keep[n, i] / (1 - p)`` for (N, C_i, *) tensors."""
     paths = len(srcs)
     if use_triton:
+        from effdrop_triton.kernels.unit_gate import unit_gate_triton
+
         for index, (src, dst) in enumerate(zip(srcs, dsts)):
-            if src.numel():
-                unit_gate(src, dst, seed, p, True, stream=philox.STREAM_PATH, per_sample=per_sample,
-                          units_per_sample=paths, unit_base=index, channels_per_unit=src.shape[1])
+            unit_gate_triton(ncs(src), ncs(dst), seed, p, stream=philox.STREAM_PATH, per_sample=per_sample,
+                             units_per_sample=paths, unit_base=index, channels_per_unit=src.shape[1])
         return
     # the fallback draws the (N, paths) table once for all paths
     N = srcs[0].shape[0]
@@ -74,5 +77,6 @@ def path_gate(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool, use_tr
                            units_per_sample=paths, device=srcs[0].device)
     factor = gate_factor(keep, p, srcs[0].dtype)
     for index, (src, dst) in enumerate(zip(srcs, dsts)):
+        src, dst = as_ncs(src), as_ncs(dst)
         torch.mul(src, factor[:, index, None, None], out=dst)
         zero_dropped(dst, keep[:, index, None].expand(N, dst.shape[1]))
