@@ -8,6 +8,7 @@ Nothing here touches CUDA at import time.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 
 import torch
@@ -113,3 +114,20 @@ def use_triton(tensor: torch.Tensor) -> bool:
     if reason is not None and _backend == "triton":
         raise RuntimeError(f"backend 'triton' was requested but {reason}; use set_backend('auto') or 'torch'")
     return reason is None
+
+
+def triton_launcher(name: str):
+    """The launcher ``name`` of ``effdrop_triton.kernels`` (``"module.function"``), imported on its first call:
+    the kernels need triton, which importing the package must not import, and an import statement in
+    every call would cost the host more than the launch."""
+    module, function = name.rsplit(".", 1)
+    launcher = None
+
+    def launch(*args, **kwargs):
+        nonlocal launcher
+        if launcher is None:
+            launcher = getattr(importlib.import_module(f"effdrop_triton.kernels.{module}"), function)
+        return launcher(*args, **kwargs)
+
+    launch.__name__ = launch.__qualname__ = function
+    return launch

@@ -8,8 +8,11 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
+from ..backend import triton_launcher
 from ._autograd import Op, self_adjoint
-from .unit_gate import gate_factor, unit_gate_torch, unit_keep_table
+from .unit_gate import gate_factor, unit_gate_torch, unit_gate_triton, unit_keep_table
+
+drop_layer_triton = triton_launcher("drop_layer.drop_layer_triton")
 
 
 def _layer_inputs(branch: Tensor, shortcut: Tensor):
@@ -51,8 +54,6 @@ def _drop_layer(branch: Tensor, shortcut: Tensor, seed: Tensor, p: float, per_sa
     if out.numel() == 0:
         return out
     if use_triton:
-        from effdrop_triton.kernels.drop_layer import drop_layer_triton
-
         # the kernel walks each sample's memory: branch, shortcut and output in one layout
         branch, shortcut = _layer_inputs(branch, shortcut)
         drop_layer_triton(branch, shortcut, out, seed, p, per_sample)
@@ -69,8 +70,6 @@ def _layer_gate(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_triton:
         return out
     rule = dict(stream=philox.STREAM_LAYER, per_sample=per_sample, units_per_sample=1)
     if use_triton:  # each sample's memory as one row: (N, 1, M) with unit strides
-        from effdrop_triton.kernels.unit_gate import unit_gate_triton
-
         N = x.shape[0]
         rows = ((N, 1, x.numel() // N), (x.stride(0), x.stride(0), 1))  # a 16-divisible C stride keeps vectors
         unit_gate_triton((x, *rows), (out, *rows), seed, p, **rule)

@@ -15,7 +15,10 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..backend import triton_launcher
 from ._autograd import Op
+
+norm_stats_triton = triton_launcher("norm_stats.norm_stats_triton")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -82,8 +85,6 @@ def _norm_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
     if x.numel() == 0:
         return x.new_full(stats_shape(x, num_groups), math.nan, dtype=compute_dtype(x.dtype))
     if use_triton:
-        from effdrop_triton.kernels.norm_stats import norm_stats_triton
-
         return norm_stats_triton(x, num_groups, running_mean, running_var, num_batches_tracked, momentum)
     stats = norm_stats_torch(x, num_groups)
     if running_mean is not None:

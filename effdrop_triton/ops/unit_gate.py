@@ -7,6 +7,9 @@ import torch
 
 from .. import philox
 from .._layout import as_ncs, ncs
+from ..backend import triton_launcher
+
+unit_gate_triton = triton_launcher("unit_gate.unit_gate_triton")
 
 
 def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, stream: int, per_sample: bool,
@@ -54,8 +57,6 @@ def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p:
 def unit_gate(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, use_triton: bool, **rule) -> None:
     """``dst = src * keep / (1 - p)`` for (N, C, *) tensors (spatial dims merged)."""
     if use_triton:
-        from effdrop_triton.kernels.unit_gate import unit_gate_triton
-
         unit_gate_triton(ncs(src), ncs(dst), seed, p, **rule)
     else:
         unit_gate_torch(as_ncs(src), as_ncs(dst), seed, p, **rule)
@@ -65,8 +66,6 @@ def path_gate(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool, use_tr
     """Gate path ``i`` of a multi-path block: ``dsts[i] = srcs[i] * keep[n, i] / (1 - p)`` for (N, C_i, *) tensors."""
     paths = len(srcs)
     if use_triton:
-        from effdrop_triton.kernels.unit_gate import unit_gate_triton
-
         for index, (src, dst) in enumerate(zip(srcs, dsts)):
             unit_gate_triton(ncs(src), ncs(dst), seed, p, stream=philox.STREAM_PATH, per_sample=per_sample,
                              units_per_sample=paths, unit_base=index, channels_per_unit=src.shape[1])
