@@ -117,17 +117,17 @@ def use_triton(tensor: torch.Tensor) -> bool:
 
 
 def triton_launcher(name: str):
-    """The launcher ``name`` of ``effdrop_triton.kernels`` (``"module.function"``), imported on its first call:
-    the kernels need triton, which importing the package must not import, and an import statement in
-    every call would cost the host more than the launch."""
-    module, function = name.rsplit(".", 1)
-    launcher = None
+    """The launcher ``name`` of ``effdrop_triton.kernels`` (``"module.function"``), its module imported on the
+    first call: the kernels need triton, which importing the package must not import, and an import
+    statement in every call would cost the host more than the launch."""
+    module_name, function = name.rsplit(".", 1)
+    module = None
 
     def launch(*args, **kwargs):
-        nonlocal launcher
-        if launcher is None:
-            launcher = getattr(importlib.import_module(f"effdrop_triton.kernels.{module}"), function)
-        return launcher(*args, **kwargs)
+        nonlocal module
+        if module is None:
+            module = importlib.import_module(f"effdrop_triton.kernels.{module_name}")
+        return getattr(module, function)(*args, **kwargs)
 
     launch.__name__ = launch.__qualname__ = function
     return launch

@@ -149,3 +149,84 @@ def test_conv_block_saves_at_most_half_of_eager_on_gpu(layout):
     assert ours <= 0.5 * theirs, (ours, theirs)
     assert saved_bytes(lambda t: ed.norm_act_drop(t, block.norm.weight, block.norm.bias, p=0.2), x) \
         <= x.numel() * x.element_size() + 4096
+
+
+def _cuda_calls():
+    """name -> (forward, leaves): every op and fused module with a fresh seed per call (``seed=None``)."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 64, 16, 16, device="cuda", requires_grad=True)
+    shortcut = torch.randn_like(x, requires_grad=True)
+    branches = [torch.randn(8, 16, 16, 16, device="cuda", requires_grad=True) for _ in range(4)]
+    bn = ed.BatchNormActDrop2d(64, drop_rate=0.2).cuda()
+    cumulative = ed.BatchNormActDrop2d(64, momentum=None, drop_type="neuron", drop_rate=0.2).cuda()
+    gn = ed.GroupNormActDrop(8, 64, drop_rate=0.2).cuda()
+    block = ed.ConvBlock(64, 64, 3, padding=1, block_type=0, drop_rate=0.2).cuda()
+    return {
+        "drop_neuron": (lambda: ed.drop_neuron(x, 0.2), [x]),
+        "drop_channel": (lambda: ed.drop_channel(x, 0.2), [x]),
+        "drop_path_groups": (lambda: ed.drop_path(x, 0.2, groups=4), [x]),
+        "drop_path_list": (lambda: ed.drop_path(branches, 0.2), branches),
+        "drop_layer": (lambda: ed.drop_layer(x, shortcut, 0.2), [x, shortcut]),
+        "bn": (lambda: bn(x), [x, bn.weight, bn.bias]),
+        "bn_cumulative": (lambda: cumulative(x), [x, cumulative.weight, cumulative.bias]),
+        "bn_eval": (lambda: ed.norm_act_drop(x, bn.weight, bn.bias, bn.running_mean, bn.running_var, training=False),
+                    [x, bn.weight, bn.bias]),
+        "gn": (lambda: gn(x), [x, gn.weight, gn.bias]),
+        "conv_block": (lambda: block(x), [x, block.conv.weight, block.norm.weight]),
+    }
+
+
+CUDA_CASES = ["bn", "bn_cumulative", "bn_eval", "conv_block", "drop_channel", "drop_layer", "drop_neuron",
+              "drop_path_groups", "drop_path_list", "gn"]
+
+
+@pytest.mark.parametrize("case", CUDA_CASES)
+def test_cuda_path_never_syncs(case):
+    """No ``.item()``, ``.nonzero()``, ``bool(tensor)`` or device-to-host copy in a call or its backward:
+    CUDA's own sync checker raises on any synchronizing call."""
+    forward, leaves = _cuda_calls()[case]
+    with ed.use_backend("triton"):
+        out = forward()  # compile the kernels outside the check
+        grad = torch.ones_like(out)
+        torch.autograd.grad(out, leaves, grad)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            torch.autograd.grad(forward(), leaves, grad)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("case", CUDA_CASES)
+def test_cuda_graph_replays_draw_fresh_masks(case):
+    """A call and its backward captured in a CUDA graph: each replay draws a new seed on the device (new
+    masks), ``torch.manual_seed`` reproduces the replays, and the running statistics update on the device."""
+    forward, leaves = _cuda_calls()[case]
+    static = {}
+    with ed.use_backend("triton"):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                out = forward()
+                torch.autograd.grad(out, leaves, torch.ones_like(out))
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static["out"] = forward()
+            static["grads"] = torch.autograd.grad(static["out"], leaves, torch.ones_like(static["out"]))
+
+    def replay():
+        graph.replay()
+        torch.cuda.synchronize()
+        return static["out"].clone(), [g.clone() for g in static["grads"]]
+
+    torch.manual_seed(5)
+    first, first_grads = replay()
+    second, _ = replay()
+    torch.manual_seed(5)
+    again, again_grads = replay()
+    assert torch.equal(first, again) and all(torch.equal(a, b) for a, b in zip(first_grads, again_grads))
+    if case != "bn_eval":  # eval normalizes without dropout: nothing random
+        assert not torch.equal(first == 0, second == 0), "a replay reused the captured masks"
