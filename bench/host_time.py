@@ -215,6 +215,17 @@ def forward_backward(forward: Callable[[], torch.Tensor], inputs, grad: torch.Te
     return lambda: torch.autograd.grad(forward(), inputs, grad)
 
 
+def _verdict(case: str, pass_: str, times: dict) -> str:
+    """One line: this package's host time against the baseline (target 1.3x) and the minimal Function (1.1x)."""
+    ours, names = times["effdrop"], [name for name in times if name != "effdrop"]
+    parts = [f"{case} {pass_}: {ours / times[names[0]]:.2f}x {names[0]} "
+             f"({'met' if ours <= 1.3 * times[names[0]] else 'missed'})"]
+    if "minimal Function" in times:
+        minimal = ours / times["minimal Function"]
+        parts.append(f"{minimal:.2f}x the minimal Function ({'met' if minimal <= 1.1 else 'missed'})")
+    return ", ".join(parts)
+
+
 def _stub_report() -> str:
     os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are defined (they are imported lazily)
     import triton
@@ -228,23 +239,28 @@ def _stub_report() -> str:
              "launches + other ATen ops per call (views free); host us per call (fastest of 7 x 200 calls); "
              "ratio = this package / the PyTorch baseline",
              f"{'case':26s} {'pass':7s} {'provider':32s} {'launches+ops':>12s} {'host us':>8s} {'ratio':>6s}"]
+    summary = []
     with ed.use_backend("triton"):
         for case, providers in stub_cases().items():
             passes = ("fwd", "fwdbwd") if next(iter(providers.values()))[1] is not None else ("fwd",)
             for pass_ in passes:
+                times = {}
                 for provider, (forward, inputs) in providers.items():
                     fn = forward
                     if pass_ == "fwdbwd":
                         fn = forward_backward(forward, inputs, torch.ones_like(forward()))
                     with stubbed_launches():
-                        us = per_call_us(fn)
+                        times[provider] = us = per_call_us(fn)
                     launches, ops = host_work(fn)
-                    if provider == "effdrop":
-                        ours_us = us
                     counts = f"{len(launches)} + {len(ops)}"
-                    ratio = "" if provider == "effdrop" else f"{ours_us / us:5.2f}x"
+                    ratio = "" if provider == "effdrop" else f"{times['effdrop'] / us:5.2f}x"
                     lines.append(f"{case:26s} {pass_:7s} {provider:32s} {counts:>12s} {us:8.1f} {ratio:>6s}")
                     print(lines[-1], flush=True)
+                if pass_ == "fwdbwd" or len(passes) == 1:
+                    summary.append(_verdict(case, pass_, times))
+    lines += ["", "targets: the last pass of each case at most 1.3x the PyTorch baseline; the standalone ops at "
+              "most 1.1x the minimal Function", *summary]
+    print("\n".join(lines[-len(summary) - 2:]))
     return "\n".join(lines)
 
 

@@ -10,14 +10,13 @@ eval-mode passes separately (variance shift, see ``effdrop_triton.variance_shift
 
 from __future__ import annotations
 
-from typing import Optional, Tuple, Union
+from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_p
-from . import functional
 from .functional import NormSettings, conv_args, drop_channel, drop_neuron, fused_norm_act_drop, input_channel_stats
 from .modules import drop_type_index
 

@@ -17,7 +17,9 @@ from .grid import cdiv, next_power_of_2
 
 from effdrop_triton.philox import keep_scale, unit_threshold
 
-from .philox import unit_keep
+from effdrop_triton._layout import _ncs_geometry, ncs
+
+from .philox import STREAM_PATH, unit_keep
 
 
 @triton.jit
@@ -107,3 +109,33 @@ def unit_gate_triton(src, dst, seed: torch.Tensor, p: float, *, stream: int, per
     grid, args, meta = _plan(N, C, S, src_strides, dst_strides, units_per_sample if per_sample else 0, unit_base,
                              channels_per_unit)
     _unit_gate_kernel[grid](src, dst, seed, *args, unit_threshold(p), keep_scale(p), STREAM=stream, **meta)
+
+
+@functools.lru_cache(maxsize=1024)
+def _path_plan(geometries, per_sample: bool):
+    """The launches of a multi-path gate: one per path, the unit of path ``i`` of sample ``n`` is
+    ``n * paths + i``, a path's channels share it."""
+    paths = len(geometries)
+    plans = []
+    for index, (shape, src_strides, dst_strides) in enumerate(geometries):
+        src_geometry, dst_geometry = _ncs_geometry(shape, src_strides), _ncs_geometry(shape, dst_strides)
+        if src_geometry is None or dst_geometry is None or 0 in shape:
+            plans.append(None if 0 in shape else False)  # False: the path's memory needs a contiguous copy
+            continue
+        (N, C, S), src_ncs = src_geometry
+        plans.append(_plan(N, C, S, src_ncs, dst_geometry[1], paths if per_sample else 0, index, C))
+    return plans
+
+
+def path_gate_triton(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool) -> None:
+    """Gate path ``i``: ``dsts[i] = srcs[i] * keep[n, i] / (1 - p)`` for (N, C_i, *) tensors of any strides,
+    one launch per path (the launch arithmetic of a geometry is cached)."""
+    plans = _path_plan(tuple((s.shape, s.stride(), d.stride()) for s, d in zip(srcs, dsts)), per_sample)
+    threshold, scale = unit_threshold(p), keep_scale(p)
+    for index, (src, dst, plan) in enumerate(zip(srcs, dsts, plans)):
+        if plan is False:
+            unit_gate_triton(ncs(src), ncs(dst), seed, p, stream=STREAM_PATH, per_sample=per_sample,
+                             units_per_sample=len(srcs), unit_base=index, channels_per_unit=src.shape[1])
+        elif plan is not None:
+            grid, args, meta = plan
+            _unit_gate_kernel[grid](src, dst, seed, *args, threshold, scale, STREAM=STREAM_PATH, **meta)

@@ -23,11 +23,15 @@ def _cat_output(branches: List[Tensor]) -> Tensor:
     first = branches[0]
     shape = (first.shape[0], sum(b.shape[1] for b in branches), *first.shape[2:])
     # channels-minor branches (channels_last tensors or channel slices of one) give a channels_last output
-    return empty_dense(shape, all(is_channels_minor(b) for b in branches), first.dtype, first.device)
+    channels_last = not first.is_contiguous() and all(is_channels_minor(b) for b in branches)
+    return empty_dense(shape, channels_last, first.dtype, first.device)
 
 
 def _split_outputs(grad: Tensor, sizes: List[int]) -> List[Tensor]:
-    return [empty_dense_like(grad, (grad.shape[0], size, *grad.shape[2:])) for size in sizes]
+    N, spatial = grad.shape[0], grad.shape[2:]
+    if grad.is_contiguous():
+        return [grad.new_empty((N, size, *spatial)) for size in sizes]
+    return [empty_dense_like(grad, (N, size, *spatial)) for size in sizes]
 
 
 def _drop_path_cat(branches: List[Tensor], seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> Tensor:

@@ -40,7 +40,7 @@ class Tables:
 
     def __init__(self, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor, num_groups: int,
                  eps: float):
-        N, C = x.shape[0], x.shape[1]
+        C = x.shape[1]
         cd = compute_dtype(x.dtype)
         stats = stats.to(cd)
         self.group_mean, self.group_invstd = stats[0], (stats[1] + eps).rsqrt_()  # (R, G)

@@ -10,6 +10,7 @@ from .._layout import as_ncs, ncs
 from ..backend import triton_launcher
 
 unit_gate_triton = triton_launcher("unit_gate.unit_gate_triton")
+path_gate_triton = triton_launcher("unit_gate.path_gate_triton")
 
 
 def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, stream: int, per_sample: bool,
@@ -66,9 +67,7 @@ def path_gate(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool, use_tr
     """Gate path ``i`` of a multi-path block: ``dsts[i] = srcs[i] * keep[n, i] / (1 - p)`` for (N, C_i, *) tensors."""
     paths = len(srcs)
     if use_triton:
-        for index, (src, dst) in enumerate(zip(srcs, dsts)):
-            unit_gate_triton(ncs(src), ncs(dst), seed, p, stream=philox.STREAM_PATH, per_sample=per_sample,
-                             units_per_sample=paths, unit_base=index, channels_per_unit=src.shape[1])
+        path_gate_triton(srcs, dsts, seed, p, per_sample)
         return
     # the fallback draws the (N, paths) table once for all paths
     N = srcs[0].shape[0]
