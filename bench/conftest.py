@@ -25,12 +25,16 @@ say) calls ``record`` directly. Both store in ``benchmark.extra_info``:
   None on CPU, where PyTorch keeps no allocator statistics (peak_mem_note says so).
 - do_bench_ms: on CUDA, ``triton.testing.do_bench`` quantiles (20/50/80 %, L2 flushed
   between calls, CUDA events) as a cross-check of the synchronized wall-clock timing.
+- graph_ms: on CUDA, the same quantiles of the case's function captured once into a CUDA graph
+  and replayed: GPU time without the host's time to issue each call (every provider alike); or
+  graph_error ("<exception type>: <first line>") where capture failed (a host sync, a
+  graph-unsafe op: for this package's triton provider, a finding).
 
 Options (see ``pytest bench --help``): ``--bench-shapes``, ``--bench-dtypes``,
 ``--bench-passes`` keep part of the grid; ``--bench-priority`` runs the headline cases
 first (shape and dtype as PRIORITY lists, then fwd+bwd before fwd and bwd);
 ``--bench-budget`` skips the cases that would start after that many seconds;
-``--bench-no-rounds`` keeps the JSON small.
+``--bench-no-rounds`` keeps the JSON small; ``--bench-no-graphs`` leaves out the CUDA graph timing.
 """
 
 from __future__ import annotations
@@ -78,6 +82,8 @@ def pytest_addoption(parser):
     group.addoption("--bench-no-rounds", action="store_true",
                     help="leave each round's time out of --benchmark-json (statistics stay): thousands of "
                          "microsecond GPU rounds per case would make the file tens of MB")
+    group.addoption("--bench-no-graphs", action="store_true",
+                    help="on CUDA, skip timing each case replayed as a CUDA graph (graph_ms): a shorter run")
 
 
 def _selected(config, option: str, values) -> list:
@@ -262,15 +268,89 @@ def _do_bench_ms(fn):
     return dict(zip(("p20", "p50", "p80"), do_bench(fn, warmup=5, rep=20, quantiles=[0.2, 0.5, 0.8])))
 
 
+GRAPH_WARMUP = 3  # eager calls before capture: Triton compiles and autotunes, cuBLAS handles, allocator blocks
+
+
+@contextlib.contextmanager
+def _stale_streams_overridden():
+    """Autograd nodes keep the stream they were made on: those of bwd's fixed forward, and the leaves' gradient
+    accumulators that forward keeps alive, the default stream, which no capture can take in. PyTorch's switch
+    runs them on the capturing stream instead; a release without it refuses such a capture (graph_error)."""
+    override = getattr(torch.autograd.graph, "set_override_stale_capture_stream", None)
+    if override is None:
+        yield
+        return
+    before = torch._C._override_stale_capture_stream()
+    override(True)
+    try:
+        yield
+    finally:
+        override(before)
+
+
+def _raised(fn):
+    """The exception ``fn()`` raises, or None."""
+    try:
+        fn()
+    except Exception as error:
+        return error
+    return None
+
+
+def capture_graph(fn, warmup: int = GRAPH_WARMUP, cuda=torch.cuda):
+    """``fn`` captured once into a CUDA graph after ``warmup`` calls, both on one side stream (PyTorch's recipe;
+    ``cuda`` is ``torch.cuda``, a fake in the tests). A call that fails inside the capture invalidates it, and
+    ``capture_end`` then raises an error of its own: the call's is the one raised here. Entered here, the side
+    stream's context is left even when ``capture_end`` raises, which makes ``cuda.graph`` skip leaving its own."""
+    side = cuda.Stream()
+    side.wait_stream(cuda.current_stream())
+    graph = cuda.CUDAGraph()
+    with cuda.stream(side):
+        for _ in range(warmup):
+            fn()
+        error = None
+        try:
+            with _stale_streams_overridden(), cuda.graph(graph, stream=side):
+                error = _raised(fn)
+        except Exception as end_error:
+            raise error or end_error
+        if error:
+            raise error
+    cuda.current_stream().wait_stream(side)
+    return graph
+
+
+def _error_line(error: BaseException) -> str:
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
+def graph_replay_ms(fn, timer=_do_bench_ms, capture=capture_graph, synchronize=torch.cuda.synchronize) -> dict:
+    """``{"graph_ms": timer(replay)}`` of ``fn`` captured once, the graph freed afterwards (its private memory
+    pool would pile up over a run); ``{"graph_error": ...}`` when capture or replay fails, so that the benchmark
+    still records its eager times and the next case finds the device idle."""
+    try:
+        graph = capture(fn)
+        try:
+            return {"graph_ms": timer(graph.replay)}
+        finally:
+            del graph  # now: a failed replay's traceback would keep it until the handler below is done
+    except Exception as error:
+        with contextlib.suppress(Exception):  # a kernel fault is sticky: the next CUDA call reports it
+            synchronize()
+        return {"graph_error": _error_line(error)}
+
+
 @pytest.fixture
-def record(benchmark, environment, device, copy_gbps):
+def record(benchmark, environment, device, copy_gbps, pytestconfig):
     """``record(fn, info, bytes_moved=None, copy_bytes=None, images=None)`` times ``fn()`` with pytest-benchmark.
 
     ``info`` holds the fields the report groups by (op, provider, baselines, shape_name,
     dtype, pass); ``bytes_moved`` adds GB/s, ``copy_bytes`` (the size of the op's output)
     the copy-bandwidth reference and the share of it reached; ``images``
     (samples per call, for a training step) adds images/s. The environment, peak memory
-    and, on CUDA, do_bench quantiles are added here.
+    and, on CUDA, do_bench quantiles and, unless ``--bench-no-graphs``, those of ``fn`` replayed as a CUDA
+    graph (or why it could not be captured) are added here.
     """
 
     def run(fn, info, bytes_moved=None, copy_bytes=None, images=None):
@@ -297,6 +377,8 @@ def record(benchmark, environment, device, copy_gbps):
             extra["images_per_s"] = images / median
         if device.type == "cuda":
             extra["do_bench_ms"] = _do_bench_ms(fn)
+            if not pytestconfig.getoption("bench_no_graphs"):
+                extra.update(graph_replay_ms(fn))
         return result
 
     return run

@@ -9,12 +9,14 @@
 # then a one-screen summary: pass/fail per stage and the headline ratios. Every stage runs
 # even when an earlier one failed.
 #
-#   bash bench/gpu_check.sh [--out DIR] [--budget 6m | 360s | 360] [--dry-run]
+#   bash bench/gpu_check.sh [--out DIR] [--budget 6m | 360s | 360] [--no-graphs] [--dry-run]
 #
 # --out DIR   logs, benchmark JSON, report and summary (8 files); default $OUT when set,
 #             else ./gpu-check-<date>
 # --budget    wall-clock budget of the whole script (default 6 minutes); the CUDA tests get
 #             at most two fifths, the benchmarks what is left less a reserve for the report
+# --no-graphs time the benchmarks eagerly only, not also replayed as CUDA graphs (--bench-no-graphs):
+#             more cases within a short budget
 # --dry-run   run every stage with the CUDA parts skipped (install resolves without installing,
 #             the CUDA tests skip, the benchmarks time the CPU fallback and baselines once on the
 #             small shape), to check the script on a machine without a GPU; the GPU stays hidden
@@ -30,12 +32,14 @@ die() { echo "gpu_check.sh: $1" >&2; exit 2; }
 BUDGET_ARG=6m
 OUT_DIR=${OUT:-}
 DRY=0
+GRAPHS=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) [ $# -ge 2 ] || die "--out needs a folder"; OUT_DIR=$2; shift 2 ;;
         --out=*) OUT_DIR=${1#--out=}; shift ;;
         --budget) [ $# -ge 2 ] || die "--budget needs a value"; BUDGET_ARG=$2; shift 2 ;;
         --budget=*) BUDGET_ARG=${1#--budget=}; shift ;;
+        --no-graphs) GRAPHS=(--bench-no-graphs); shift ;;
         --dry-run) DRY=1; shift ;;
         -h|--help) usage; exit 0 ;;
         *) usage >&2; die "unknown argument '$1'" ;;
@@ -192,7 +196,7 @@ else
     note="headline cases first, ${MAX_TIME} s per case; "
 fi
 timeout -s INT -k 20 $(( BENCH_BUDGET + 60 )) "$PY" -m pytest bench/test_bench_*.py -q -rs -p no:cacheprovider \
-    "${GRID[@]}" --bench-budget="$BENCH_BUDGET" --bench-no-rounds --benchmark-json="$JSON" \
+    "${GRID[@]}" "${GRAPHS[@]}" --bench-budget="$BENCH_BUDGET" --bench-no-rounds --benchmark-json="$JSON" \
     --benchmark-columns=median,iqr,rounds \
     >"$LOG" 2>&1
 rc=$?
@@ -231,6 +235,9 @@ SUMMARY=$OUT_DIR/summary.txt
         echo
         echo "Headline$([ "$DRY" = 1 ] && echo ' (DRY RUN: one CPU round per case, not a measurement)'):" \
             "speed-up = baseline time / this package's time, same run; > 1: faster"
+        if grep -q "(graph)" <<<"$HEADLINE"; then
+            echo "(graph): the same ratio of CUDA graph replay times (GPU time without the host's); ✗: capture failed"
+        fi
         echo "$HEADLINE"
     fi
 } | tee "$SUMMARY"

@@ -17,6 +17,12 @@ provider time: above 1 the package is faster); and a memory table: bytes one for
 saves for backward and, on CUDA, the peak allocated during one forward+backward above
 its inputs, with baseline / package ratios.
 
+Where the run timed CUDA graphs (``graph_ms``: each case captured once and replayed, on CUDA
+unless ``--bench-no-graphs``), every time cell adds the replay's median (GPU time without the
+host's time to issue each call), the time tables and the headline add the speed-ups of those
+medians ("speed-up (graph)", "(graph)"), and a capture that failed shows as ✗ with its error
+(``graph_error``) in the provider's cell. A CPU run has none of these columns.
+
 A group whose records carry ``images`` (a training step, op ``e2e``) shows images/s
 instead of GB/s, the bytes one forward saves for backward when recorded, and its absolute
 peak memory. Its package providers are ``effdrop`` and ``effdrop_compile``; a record's
@@ -89,6 +95,23 @@ def speedup(by_provider: dict, reference, provider):
     if reference not in by_provider or provider not in by_provider:
         return None
     return ratio(by_provider[reference]["time"], by_provider[provider]["time"])
+
+
+def graph_time(r):
+    """Seconds of one replay of the record's CUDA graph (the do_bench median), None without one."""
+    ms = (r or {}).get("graph_ms")
+    return ms["p50"] / 1e3 if ms else None
+
+
+def graph_speedup(by_provider: dict, reference, provider):
+    """``ratio`` of two providers' CUDA graph replay times in one row, None when either has none."""
+    theirs, mine = graph_time(by_provider.get(reference)), graph_time(by_provider.get(provider))
+    return None if theirs is None or mine is None else ratio(theirs, mine)
+
+
+def has_graphs(recs) -> bool:
+    """Whether any record was timed, or tried to be, as a CUDA graph: without, the report has no graph columns."""
+    return any("graph_ms" in r or "graph_error" in r for r in recs)
 
 
 def memory_ratio(reference: dict, provider: dict, key: str):
@@ -166,11 +189,34 @@ def _rate(r: dict) -> str:
     return f"{rate:.3g} GB/s" + ("" if pct is None else f", {pct:.0f}%")
 
 
-def _cell(r) -> str:
+def _short_error(text: str, width: int = 80) -> str:
+    text = text.strip().split("\n", 1)[0]
+    text = text if len(text) <= width else text[:width - 1].rstrip() + "…"
+    return text.replace("|", "\\|")  # inside a table cell
+
+
+def _graph(r) -> str:
+    if r.get("graph_error"):
+        return f"graph ✗ {_short_error(r['graph_error'])}"
+    return f"graph {_time(graph_time(r))}" if r.get("graph_ms") else ""
+
+
+def _cell(r, graphs: bool = False) -> str:
+    """Time (rate), and with ``graphs`` the CUDA graph replay's time or why there is none."""
     if r is None:
         return "–"
-    rate = _rate(r)
-    return f"{_time(r['time'])} ({rate})" if rate else _time(r["time"])
+    rate, graph = _rate(r), _graph(r) if graphs else ""
+    cell = f"{_time(r['time'])} ({rate})" if rate else _time(r["time"])
+    return f"{cell}, {graph}" if graph else cell
+
+
+def _graph_times(by_provider: dict, reference, provider) -> str:
+    """``graph_speedup`` as a cell; ✗ and the providers whose capture failed when that is why there is none."""
+    x = graph_speedup(by_provider, reference, provider)
+    if x is not None:
+        return _times(x)
+    failed = [p for p in (provider, reference) if (by_provider.get(p) or {}).get("graph_error")]
+    return f"✗ {', '.join(failed)}" if failed else "–"
 
 
 def _table(header: list, body: list) -> list:
@@ -194,6 +240,11 @@ def header_lines(recs: list, stat: str, meta=()) -> list:
     lines.append(f"- time: the {stat} of each benchmark's rounds; GB/s = bytes an ideal implementation moves / time;"
                  " % = share of the copy bandwidth (bytes read + written by the fastest of 15+ `dst.copy_(src)` of a"
                  " tensor the size of the op's output, measured in the same run on the same device)")
+    if has_graphs(recs):
+        lines.append("- graph: median of `triton.testing.do_bench` (L2 flushed between replays) of the case's"
+                     " function captured once into a CUDA graph and replayed, every provider alike: GPU time without"
+                     " the host's time to issue each call; speed-up (graph) = baseline graph time / provider graph"
+                     " time; ✗: capture failed (the provider's cell in the op's table says why)")
     if any(r.get("peak_mem_note") for r in recs):
         lines.append("- peak memory: n/a on CPU (PyTorch keeps no allocator statistics there)")
     return lines
@@ -208,6 +259,7 @@ def _shown_pass(rows: dict, shape, dtype):
 def headline_rows(recs: list) -> tuple:
     """(op rows, throughput rows) of the headline table, as lists of cells."""
     ops, steps = [], []
+    graphs = has_graphs(recs)
     for op, rows in group(recs).items():
         baselines, providers = columns(rows)
         # the GPU path when it ran, else the fallback; for a training step the eager package model
@@ -224,31 +276,35 @@ def headline_rows(recs: list) -> tuple:
                 mine, theirs = row.get(provider), row.get(reference)
                 steps.append([op, shape, dtype, f"{provider} vs {reference}", _cell(mine),
                               f"**{_times(speedup(row, reference, provider))}**",
+                              *([_graph_times(row, reference, provider)] if graphs else []),
                               f"{_bytes((mine or {}).get('peak_mem_bytes'))} vs {_bytes((theirs or {}).get('peak_mem_bytes'))}",
                               _times(memory_ratio(theirs, mine, "peak_mem_bytes"))])
                 continue
             by_pass = {pass_: rows.get((shape, dtype, pass_), {}) for pass_ in ORDER["pass"]}
             ups = [_times(speedup(by_pass[pass_], reference, provider)) for pass_ in ORDER["pass"]]
+            graph_ups = [_graph_times(by_pass[pass_], reference, provider) for pass_ in ORDER["pass"]] if graphs else []
             last = by_pass["fwdbwd"].get(provider) or rows[(shape, dtype, _shown_pass(rows, shape, dtype))].get(provider)
             saved_mine = _first("saved_bytes", [r.get(provider) for r in by_pass.values() if r.get(provider)])
             saved_theirs = _first("saved_bytes", [r.get(reference) for r in by_pass.values() if r.get(reference)])
             saved = "–" if saved_mine is None or saved_theirs is None else \
                 f"{_bytes(saved_mine['saved_bytes'])} vs {_bytes(saved_theirs['saved_bytes'])}"
-            ops.append([op, shape, dtype, provider, f"`{reference}`", *ups[:2], f"**{ups[2]}**",
+            ops.append([op, shape, dtype, provider, f"`{reference}`", *ups[:2], f"**{ups[2]}**", *graph_ups,
                         _rate(last) if last else "–", saved])
     return ops, steps
 
 
 def headline(recs: list) -> list:
     ops, steps = headline_rows(recs)
+    graphs = has_graphs(recs)
     lines = []
     if ops:
         lines += _table(["op", "shape", "dtype", "provider", "baseline", "fwd", "bwd", "fwd+bwd",
+                         *(["fwd (graph)", "bwd (graph)", "fwd+bwd (graph)"] if graphs else []),
                          "fwd+bwd GB/s, % of copy", "saved for backward (provider vs baseline)"], ops)
     if steps:
         lines += [""] if lines else []
         lines += _table(["benchmark", "model", "dtype", "provider vs baseline", "step (img/s)", "speed-up",
-                         "peak memory", "peak ratio"], steps)
+                         *(["speed-up (graph)"] if graphs else []), "peak memory", "peak ratio"], steps)
     return lines
 
 
@@ -259,16 +315,20 @@ def op_section(rows: dict, stat: str) -> list:
     package = [p for p in PACKAGE if p in providers] if reference else []
     refs = references(rows, package, reference)
     throughput = is_throughput(rows)
+    graphs = has_graphs(r for by_provider in rows.values() for r in by_provider.values())
     lines = []
     if reference:
         rate = "images/s" if throughput else "GB/s, % of copy bandwidth"
         others = "".join(f"; {p} against {refs[p]}" for p in package if refs[p] != reference)
-        lines += [f"{stat.capitalize()} time ({rate}) per provider; speed-up = {reference} time / provider"
-                  f" time (> 1: this package is faster){others}.", ""]
-    body = [[shape, dtype, pass_, *(_cell(by_provider.get(p)) for p in providers),
-             *(_times(speedup(by_provider, refs[p], p)) for p in package)]
+        lines += [f"{stat.capitalize()} time ({rate}) per provider{', then its CUDA graph replay time' if graphs else ''};"
+                  f" speed-up = {reference} time / provider time (> 1: this package is faster){others}"
+                  f"{'; speed-up (graph): the same ratio of the graph replay times' if graphs else ''}.", ""]
+    body = [[shape, dtype, pass_, *(_cell(by_provider.get(p), graphs) for p in providers),
+             *(_times(speedup(by_provider, refs[p], p)) for p in package),
+             *(_graph_times(by_provider, refs[p], p) for p in package if graphs)]
             for (shape, dtype, pass_), by_provider in rows.items()]
-    lines += _table(["shape", "dtype", "pass", *providers, *(f"speed-up {p}" for p in package)], body)
+    lines += _table(["shape", "dtype", "pass", *providers, *(f"speed-up {p}" for p in package),
+                     *(f"speed-up (graph) {p}" for p in package if graphs)], body)
 
     # memory: one row per (shape, dtype); saved bytes are the forward's (the same in every pass),
     # peak is that of the heaviest pass (fwd+bwd; the step), above the inputs for an op
@@ -311,9 +371,10 @@ def to_markdown(recs: list, stat: str = "median", meta=(), chart=None) -> str:
     lines = ["# effdrop_triton benchmarks", "", *header_lines(recs, stat, meta)]
     top = headline(recs)
     if top:
+        graphs = "; (graph): the same ratio of the CUDA graph replay times, ✗: capture failed" if has_graphs(recs) else ""
         lines += ["", "## Headline", "",
-                  "Speed-up = baseline time / provider time (> 1: this package is faster), same run, same device.", "",
-                  *top]
+                  f"Speed-up = baseline time / provider time (> 1: this package is faster), same run, same device{graphs}.",
+                  "", *top]
     if chart:
         lines += ["", f"![speed-ups and memory ratios]({chart})" if chart.endswith(".png") else chart]
     for op, rows in group(recs).items():

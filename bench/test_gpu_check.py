@@ -36,6 +36,11 @@ def test_bad_arguments_exit_2(args):
     assert "gpu_check.sh:" in result.stderr
 
 
+def test_no_graphs_is_an_option():
+    result = run("--no-graphs", "--budget", "5x")  # stops at the bad budget, after taking --no-graphs
+    assert result.returncode == 2 and "--budget takes seconds" in result.stderr and "unknown" not in result.stderr
+
+
 def test_dry_run_every_stage(tmp_path):
     result = run("--dry-run", "--out", str(tmp_path), "--budget", "3m")
     out = result.stdout

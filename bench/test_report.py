@@ -1,12 +1,17 @@
 """bench.report on a recorded pytest-benchmark JSON file (bench/testdata, a real CPU run of the small shape)
-and on hand-written documents for what a CPU run cannot record (CUDA peaks, a training step). No timing."""
+and on hand-written documents for what a CPU run cannot record (CUDA peaks, CUDA graph replay times, a training
+step); and bench.conftest's CUDA graph timing with fakes for torch.cuda. No timing, no GPU."""
 
+import contextlib
 import json
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import torch
 
+from bench import conftest as bench_conftest
 from bench import report
 
 RECORDED = Path(__file__).parent / "testdata" / "cpu-small-recorded.json"
@@ -210,3 +215,221 @@ def test_eval_op_forward_only():
     text = report.to_markdown(report.records({"benchmarks": docs}, "mean"), "mean")
     # fwd only: the headline's rate column falls back to the forward's
     assert "| norm_act_drop_eval | small | fp32 | torch | `eager_bn_relu_dropout2d` | 1.50× | – | **–** | 1.5 GB/s |" in text
+
+
+# ---- CUDA graph replay times (graph_ms / graph_error, recorded on CUDA only) -------------------
+
+CAPTURE_ERROR = "RuntimeError: CUDA error: operation not permitted when stream is capturing"
+
+
+def _graphed(provider, seconds, pass_, graph_p50=None, error=None):
+    """A large bf16 drop_neuron record; graph quantiles spread unevenly around p50, so that ratios of p20 or p80
+    would differ from the p50 ones."""
+    extra = {"graph_ms": {"p20": graph_p50 - 0.05, "p50": graph_p50, "p80": graph_p50 + 0.2}} if graph_p50 else {}
+    if error:
+        extra["graph_error"] = error
+    return _bench(provider, seconds, pass_=pass_, op="drop_neuron", baselines=["F.dropout"], shape_name="large",
+                  dtype="bf16", bytes_moved=2**28, copy_gbps=3000.0, device="NVIDIA H100", **extra)
+
+
+GRAPHED = [
+    _graphed("F.dropout", 4e-4, "fwd", 0.3), _graphed("torch", 8e-4, "fwd", 0.6), _graphed("triton", 2e-4, "fwd", 0.1),
+    _graphed("F.dropout", 4e-4, "bwd", error=CAPTURE_ERROR), _graphed("torch", 8e-4, "bwd", 0.4),
+    _graphed("triton", 2e-4, "bwd", 0.1),
+    _graphed("F.dropout", 8e-4, "fwdbwd", 0.6), _graphed("torch", 1.6e-3, "fwdbwd", 1.2),
+    _graphed("triton", 4e-4, "fwdbwd", error=CAPTURE_ERROR + "\nCUDA kernel errors might be asynchronously reported"),
+]
+
+
+def test_graph_speedup_from_the_p50s():
+    rows = report.group(report.records({"benchmarks": GRAPHED}, "mean"))["drop_neuron"]
+    fwd, bwd, fwdbwd = (rows[("large", "bf16", pass_)] for pass_ in ("fwd", "bwd", "fwdbwd"))
+    assert report.graph_time(fwd["triton"]) == pytest.approx(1e-4)
+    assert report.graph_speedup(fwd, "F.dropout", "triton") == pytest.approx(3.0)  # 0.3 / 0.1 ms (p20s: 5, p80s: 1.7)
+    assert report.speedup(fwd, "F.dropout", "triton") == pytest.approx(2.0)  # the eager ratio is unchanged
+    assert report.graph_speedup(bwd, "F.dropout", "triton") is None  # the baseline's capture failed
+    assert report.graph_speedup(fwdbwd, "F.dropout", "triton") is None  # the provider's capture failed
+    assert report.graph_time(fwdbwd["triton"]) is None
+
+
+def test_graph_columns_and_errors():
+    text = report.to_markdown(report.records({"benchmarks": GRAPHED}, "mean"), "mean")
+    assert "- graph: median of `triton.testing.do_bench`" in text
+    assert ("| shape | dtype | pass | F.dropout | torch | triton | speed-up torch | speed-up triton | "
+            "speed-up (graph) torch | speed-up (graph) triton |") in text
+    # each cell: eager time (GB/s, %), then the replay's p50; speed-ups: eager, then graph (0.3/0.6, 0.3/0.1 ms)
+    assert ("| large | bf16 | fwd | 400 µs (671 GB/s, 22%), graph 300 µs | 800 µs (336 GB/s, 11%), graph 600 µs | "
+            "200 µs (1.34e+03 GB/s, 45%), graph 100 µs | 0.50× | 2.00× | 0.50× | 3.00× |") in text
+    # a failed capture: its first line in the provider's cell, ✗ and who failed in the graph speed-up
+    assert (f"| large | bf16 | bwd | 400 µs (671 GB/s, 22%), graph ✗ {CAPTURE_ERROR} | 800 µs (336 GB/s, 11%), "
+            "graph 400 µs | 200 µs (1.34e+03 GB/s, 45%), graph 100 µs | 0.50× | 2.00× | ✗ F.dropout | "
+            "✗ F.dropout |") in text
+    assert f"| 400 µs (671 GB/s, 22%), graph ✗ {CAPTURE_ERROR} | 0.50× | 2.00× | 0.50× | ✗ triton |" in text
+    assert "asynchronously reported" not in text
+    # the headline: eager speed-ups, then those of the graph replays, the triton provider's failure visible
+    assert ("| op | shape | dtype | provider | baseline | fwd | bwd | fwd+bwd | fwd (graph) | bwd (graph) | "
+            "fwd+bwd (graph) | fwd+bwd GB/s, % of copy |") in text
+    assert ("| drop_neuron | large | bf16 | triton | `F.dropout` | 2.00× | 2.00× | **2.00×** | 3.00× | ✗ F.dropout | "
+            "✗ triton | 671 GB/s, 22% | 8 B vs 8 B |") in text
+
+
+def test_graph_error_cell_is_short_and_table_safe():
+    long = "RuntimeError: " + "x" * 100 + " | y"
+    cell = report._cell({"time": 1e-3, "graph_error": "Unsupported: a | b"}, graphs=True)
+    assert cell == "1 ms, graph ✗ Unsupported: a \\| b"
+    cell = report._cell({"time": 1e-3, "graph_error": long}, graphs=True)
+    assert cell.startswith("1 ms, graph ✗ RuntimeError: xxx") and cell.endswith("…") and len(cell) < 100
+    assert report._cell({"time": 1e-3, "graph_ms": {"p20": 0.4, "p50": 0.5, "p80": 0.9}}) == "1 ms"  # graphs off
+
+
+def test_training_step_graph_speedup():
+    def step(provider, seconds, **graph):
+        return _bench(provider, seconds, pass_="step", op="e2e", baselines=["torch_modules"], shape_name="wrn16_8-b128",
+                      dtype="bf16", bytes_moved=None, saved_bytes=None, images=128, **graph)
+
+    docs = [step("torch_modules", 0.2, graph_ms={"p20": 90.0, "p50": 100.0, "p80": 130.0}),
+            step("effdrop", 0.16, graph_ms={"p20": 40.0, "p50": 50.0, "p80": 60.0})]
+    text = report.to_markdown(report.records({"benchmarks": docs}, "mean"), "mean")
+    assert ("| benchmark | model | dtype | provider vs baseline | step (img/s) | speed-up | speed-up (graph) | "
+            "peak memory | peak ratio |") in text
+    # eager 0.2 / 0.16 s; graph p50s 100 / 50 ms
+    assert "| e2e | wrn16_8-b128 | bf16 | effdrop vs torch_modules | 160 ms (800 img/s) | **1.25×** | 2.00× |" in text
+    assert "| wrn16_8-b128 | bf16 | step | 200 ms (640 img/s), graph 100 ms | 160 ms (800 img/s), graph 50 ms | " \
+           "1.25× | 2.00× |" in text
+
+
+def test_no_graph_data_no_graph_columns(recorded):
+    """A CPU run (or a CUDA one under --bench-no-graphs) renders as before: not one graph column or note."""
+    recs, meta, _ = recorded
+    assert not report.has_graphs(recs)
+    text = report.to_markdown(recs, "median", meta)
+    assert "graph" not in text.lower() and "✗" not in text
+    gpu = [{k: v for k, v in r.items() if not k.startswith("graph")}
+           for r in report.records({"benchmarks": GRAPHED}, "mean")]
+    text = report.to_markdown(gpu, "mean")
+    assert "graph" not in text.lower()
+    assert "| large | bf16 | fwd | 400 µs (671 GB/s, 22%) | 800 µs (336 GB/s, 11%) | 200 µs (1.34e+03 GB/s, 45%) | " \
+           "0.50× | 2.00× |" in text
+
+
+# ---- bench.conftest's CUDA graph timing, with fakes for torch.cuda and the timer ------------------
+
+class _FakeCuda:
+    """What capture_graph uses of torch.cuda; logs which stream each call sees. ``end_error``: what capture_end
+    raises when the graph's context exits (after a failed call, CUDA reports the capture invalidated)."""
+
+    def __init__(self, end_error=None):
+        self.log, self.now, self.end_error = [], "default", end_error
+
+    def Stream(self):
+        return _FakeStream("side", self.log)
+
+    def current_stream(self):
+        return _FakeStream(self.now, self.log)
+
+    @contextlib.contextmanager
+    def stream(self, s):
+        before, self.now = self.now, s.name
+        try:
+            yield
+        finally:
+            self.now = before
+
+    def CUDAGraph(self):
+        return types.SimpleNamespace(replay=lambda: self.log.append("replay"))
+
+    @contextlib.contextmanager
+    def graph(self, graph, stream):
+        self.log.append(f"capture on {stream.name}")
+        try:
+            yield
+        finally:
+            self.log.append("capture_end")
+            if self.end_error:
+                raise self.end_error
+
+
+class _FakeStream:
+    def __init__(self, name, log):
+        self.name, self.log = name, log
+
+    def wait_stream(self, other):
+        self.log.append(f"{self.name} waits for {other.name}")
+
+
+def _override_flag():
+    return torch._C._override_stale_capture_stream() if hasattr(torch._C, "_override_stale_capture_stream") else None
+
+
+def test_capture_then_replay_timed():
+    cuda = _FakeCuda()
+    timed = []
+
+    def fn():
+        cuda.log.append(f"fn on {cuda.now}" + (", stale streams overridden" if _override_flag() else ""))
+
+    def timer(replay):
+        timed.append(replay)
+        replay()
+        return {"p20": 1.0, "p50": 2.0, "p80": 3.0}
+
+    result = bench_conftest.graph_replay_ms(fn, timer, capture=lambda f: bench_conftest.capture_graph(f, cuda=cuda),
+                                            synchronize=lambda: pytest.fail("synchronize after a good capture"))
+    assert result == {"graph_ms": {"p20": 1.0, "p50": 2.0, "p80": 3.0}}
+    # where PyTorch has the stale-stream switch, it is on for the captured call only
+    overridden = ", stale streams overridden" if _override_flag() is not None else ""
+    assert cuda.log == ["side waits for default", *["fn on side"] * bench_conftest.GRAPH_WARMUP, "capture on side",
+                        f"fn on side{overridden}", "capture_end", "default waits for side", "replay"]
+    assert len(timed) == 1 and not _override_flag()  # the switch is back to its process-wide default
+
+
+def _raised_while_handling(error, context):
+    error.__context__ = context
+    return error
+
+
+ERRORS = {
+    "call": RuntimeError("CUDA error: operation not permitted when stream is capturing\nCompile with ..."),
+    "capture_end": RuntimeError("CUDA error: operation failed due to a previous error during capture"),
+    # raised while a library handled an error of its own (a cache miss, say): that one is not the cause
+    "call after a KeyError": _raised_while_handling(
+        RuntimeError("CUDA error: operation not permitted when stream is capturing"), KeyError(7)),
+}
+
+
+@pytest.mark.parametrize("call, end, expected", [
+    ("call", "capture_end", CAPTURE_ERROR),  # a host sync in the call, then capture_end over it: the call's error
+    (None, "capture_end", "RuntimeError: CUDA error: operation failed due to a previous error during capture"),
+    ("call after a KeyError", None, CAPTURE_ERROR),
+])
+def test_capture_failure_becomes_graph_error(call, end, expected):
+    """The error recorded is the first line of the cause; the current stream is the caller's again, the
+    device is synchronized, the stale-stream switch is reset and the timer never runs."""
+    cuda = _FakeCuda(end_error=ERRORS.get(end))
+    calls, synced = [], []
+
+    def fn():
+        calls.append(cuda.now)
+        if call and len(calls) > bench_conftest.GRAPH_WARMUP:
+            raise ERRORS[call]
+
+    result = bench_conftest.graph_replay_ms(fn, lambda replay: pytest.fail("timed a failed capture"),
+                                            capture=lambda f: bench_conftest.capture_graph(f, cuda=cuda),
+                                            synchronize=lambda: synced.append(True))
+    assert result == {"graph_error": expected}
+    assert calls == ["side"] * (bench_conftest.GRAPH_WARMUP + 1) and cuda.now == "default" and synced == [True]
+    assert not _override_flag()
+
+
+def test_replay_failure_and_failing_synchronize():
+    def capture(fn):
+        return types.SimpleNamespace(replay=fn)
+
+    def timer(replay):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    def synchronize():
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")  # a sticky error: not raised here
+
+    assert bench_conftest.graph_replay_ms(lambda: None, timer, capture=capture, synchronize=synchronize) == {
+        "graph_error": "OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB"}
