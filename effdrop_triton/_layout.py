@@ -75,8 +75,8 @@ def is_channels_minor(x: torch.Tensor) -> bool:
 def empty_dense_like(x: torch.Tensor, shape=None) -> torch.Tensor:
     """``empty_dense`` keeping ``x``'s layout kind: channels_last stays channels_last."""
     if shape is None:  # the common cases first, without building the shape
-        if x.is_contiguous():
-            return torch.empty_like(x, memory_format=torch.contiguous_format)
+        if x.is_contiguous():  # preserve_format keeps a dense tensor's strides
+            return torch.empty_like(x)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             return torch.empty_like(x, memory_format=torch.channels_last)
     shape = x.shape if shape is None else shape

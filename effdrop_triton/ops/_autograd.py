@@ -10,6 +10,7 @@ written, or the implementation alone when no gradient is needed.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -79,13 +80,29 @@ def self_adjoint(qualname: str, impl, fake) -> Op:
     """For ``impl(x, seed, *args)`` that multiplies ``x`` by a seed-determined mask: its gradient is
     the same op applied to the incoming gradient (so double backward works too). Saves only the
     0-d seed (8 bytes)."""
+    nones = (None,) * (len(inspect.signature(impl).parameters) - 1)  # no gradient for seed and settings
+
     def setup_context(ctx, inputs, output):
         ctx.args = inputs[2:]
         ctx.save_for_backward(inputs[1])
 
     def backward(ctx, grad):
         (seed,) = ctx.saved_tensors
-        return (op(grad, seed, *ctx.args), None) + (None,) * len(ctx.args)
+        return (op(grad, seed, *ctx.args), *nones)
+
+    # the eager Function's own forward and backward: the same formula with its calls inlined (host time)
+    def eager_forward(ctx, x, seed, *args):
+        ctx.args = args
+        ctx.save_for_backward(seed)
+        return impl(x, seed, *args)
+
+    def eager_backward(ctx, grad):
+        (seed,) = ctx.saved_tensors
+        if torch.is_grad_enabled() or traced(grad):  # double backward, or compiled autograd
+            return (op(grad, seed, *ctx.args), *nones)
+        return (impl(grad, seed, *ctx.args), *nones)
 
     op = Op(qualname, impl, fake, backward, setup_context)
+    op.function = type(op.function.__name__, (torch.autograd.Function,),
+                       {"forward": staticmethod(eager_forward), "backward": staticmethod(eager_backward)})
     return op

@@ -50,15 +50,15 @@ def _layer_output(branch: Tensor, shortcut: Tensor, use_triton: bool) -> Tensor:
 
 def _drop_layer(branch: Tensor, shortcut: Tensor, seed: Tensor, p: float, per_sample: bool,
                 use_triton: bool) -> Tensor:
-    out = _layer_output(branch, shortcut, use_triton)
-    if out.numel() == 0:
+    if not use_triton:
+        out = empty_dense_like(shortcut)
+        if out.numel():
+            drop_layer_torch(branch, shortcut, out, seed, p, per_sample)
         return out
-    if use_triton:
-        # the kernel walks each sample's memory: branch, shortcut and output in one layout
-        branch, shortcut = _layer_inputs(branch, shortcut)
-        drop_layer_triton(branch, shortcut, out, seed, p, per_sample)
-    else:
-        drop_layer_torch(branch, shortcut, out, seed, p, per_sample)
+    # the kernel walks each sample's memory: branch, shortcut and output in one layout
+    branch, shortcut = _layer_inputs(branch, shortcut)
+    out = empty_dense_like(shortcut)
+    drop_layer_triton(branch, shortcut, out, seed, p, per_sample)
     return out
 
 
@@ -66,15 +66,17 @@ def _layer_gate(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_triton:
     """``x * gate[n] / (1 - p)``: the gradient of the branch of ``drop_layer``."""
     x = x if is_sample_dense(x) else x.contiguous()
     out = empty_dense_like(x)
-    if out.numel() == 0:
+    numel = x.numel()
+    if numel == 0:
         return out
-    rule = dict(stream=philox.STREAM_LAYER, per_sample=per_sample, units_per_sample=1)
     if use_triton:  # each sample's memory as one row: (N, 1, M) with unit strides
         N = x.shape[0]
-        rows = ((N, 1, x.numel() // N), (x.stride(0), x.stride(0), 1))  # a 16-divisible C stride keeps vectors
-        unit_gate_triton((x, *rows), (out, *rows), seed, p, **rule)
+        rows = ((N, 1, numel // N), (x.stride(0), x.stride(0), 1))  # a 16-divisible C stride keeps vectors
+        unit_gate_triton((x, *rows), (out, *rows), seed, p, stream=philox.STREAM_LAYER, per_sample=per_sample,
+                         units_per_sample=1)
     else:
-        unit_gate_torch(per_sample_rows(x), per_sample_rows(out), seed, p, **rule)
+        unit_gate_torch(per_sample_rows(x), per_sample_rows(out), seed, p, stream=philox.STREAM_LAYER,
+                        per_sample=per_sample, units_per_sample=1)
     return out
 
 
