@@ -100,37 +100,28 @@ def _minimal_functions():
     def seed_for(x):
         return torch.randint(0, 2 ** 63 - 1, (), dtype=torch.int64, device=x.device)
 
-    class DropNeuron(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, p):
-            seed = seed_for(x)
-            ctx.save_for_backward(seed)
-            ctx.p = p
-            return drop_neuron_triton(x, seed, p)
+    def masking(gate):
+        """The minimal Function of a mask-multiplying op: its backward is the same gate on the gradient."""
+        class Minimal(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, x, p):
+                seed = seed_for(x)
+                ctx.save_for_backward(seed)
+                ctx.p = p
+                return gate(x, seed, p)
 
-        @staticmethod
-        def backward(ctx, grad):
-            (seed,) = ctx.saved_tensors
-            return drop_neuron_triton(grad, seed, ctx.p), None
+            @staticmethod
+            def backward(ctx, grad):
+                (seed,) = ctx.saved_tensors
+                return gate(grad, seed, ctx.p), None
+
+        return Minimal
 
     def gate_channels(x, seed, p):
         out = torch.empty_like(x)
         unit_gate_triton(ncs(x), ncs(out), seed, p, stream=philox.STREAM_CHANNEL, per_sample=True,
                          units_per_sample=x.shape[1])
         return out
-
-    class DropChannel(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x, p):
-            seed = seed_for(x)
-            ctx.save_for_backward(seed)
-            ctx.p = p
-            return gate_channels(x, seed, p)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (seed,) = ctx.saved_tensors
-            return gate_channels(grad, seed, ctx.p), None
 
     def gate_samples(x, seed, p):
         out = torch.empty_like(x)
@@ -154,7 +145,7 @@ def _minimal_functions():
             (seed,) = ctx.saved_tensors
             return gate_samples(grad, seed, ctx.p), grad, None
 
-    return DropNeuron, DropChannel, DropLayer
+    return masking(drop_neuron_triton), masking(gate_channels), DropLayer
 
 
 def stub_cases(shape=(8, 16, 4, 4), p: float = 0.1) -> Dict[str, dict]:

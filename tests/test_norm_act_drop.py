@@ -109,15 +109,19 @@ def test_without_affine_and_without_dropout(affine, norm, shape, num_groups):
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
-@pytest.mark.parametrize("momentum", [0.1, 0.3])
+@pytest.mark.parametrize("momentum", [0.1, 0.3, None])
 def test_running_statistics_follow_batchnorm2d_over_several_steps(layout, momentum):
+    """momentum=None is the cumulative average, weighted by the device counter (nn.BatchNorm2d's)."""
     C = 5
     reference = nn.BatchNorm2d(C, momentum=momentum)
     running_mean, running_var = torch.zeros(C), torch.ones(C)
+    batches = torch.zeros((), dtype=torch.int64)
     weight, bias = reference.weight.detach().clone(), reference.bias.detach().clone()
     for step in range(4):
         x = nonzero_randn((3, C, 4, 6), layout=layout, generator_seed=step) * (step + 1) + step
-        out = norm_act_drop(x, weight, bias, running_mean, running_var, momentum=momentum, act=False)
+        batches += 1
+        out = norm_act_drop(x, weight, bias, running_mean, running_var, momentum=momentum, act=False,
+                            num_batches_tracked=batches)
         torch.testing.assert_close(out, reference(x), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(running_mean, reference.running_mean, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(running_var, reference.running_var, rtol=1e-6, atol=1e-7)
@@ -370,6 +374,8 @@ ERRORS = [
     (dict(seed=-1), ValueError, "seed must be in"),
     (dict(eps=-1.0), ValueError, "eps must be"),
     (dict(act="yes"), TypeError, "act must be a bool"),
+    (dict(momentum=None), ValueError, "momentum=None .* needs num_batches_tracked"),
+    (dict(momentum=None, num_batches_tracked=torch.tensor(1.0)), ValueError, "num_batches_tracked"),
 ]
 
 
