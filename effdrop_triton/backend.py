@@ -8,8 +8,9 @@ Nothing here touches CUDA at import time.
 from __future__ import annotations
 
 import contextlib
-import importlib
+import importlib.util
 import os
+import sys
 
 import torch
 
@@ -116,18 +117,17 @@ def use_triton(tensor: torch.Tensor) -> bool:
     return reason is None
 
 
-def triton_launcher(name: str):
-    """The launcher ``name`` of ``effdrop_triton.kernels`` (``"module.function"``), its module imported on the
-    first call: the kernels need triton, which importing the package must not import, and an import
-    statement in every call would cost the host more than the launch."""
-    module_name, function = name.rsplit(".", 1)
-    module = None
-
-    def launch(*args, **kwargs):
-        nonlocal module
-        if module is None:
-            module = importlib.import_module(f"effdrop_triton.kernels.{module_name}")
-        return getattr(module, function)(*args, **kwargs)
-
-    launch.__name__ = launch.__qualname__ = function
-    return launch
+def triton_kernels(name: str):
+    """The module ``effdrop_triton.kernels.<name>`` (its Triton kernels and launchers), imported on the first
+    use of one of its attributes (``importlib.util.LazyLoader``): the kernels need triton, which importing
+    the package must not import, and an import statement in every call would cost the host more than the
+    launch. After that first use it is the plain module."""
+    full_name = f"effdrop_triton.kernels.{name}"
+    if full_name in sys.modules:
+        return sys.modules[full_name]
+    spec = importlib.util.find_spec(full_name)
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[full_name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -121,7 +121,8 @@ def _norm_act_drop_fwd_kernel(
     n, c, s, nc_in_bounds = _tile(N, C, S, num_s_blocks, num_c_blocks, BLOCK_N, BLOCK_C, BLOCK_S)
     in_bounds = nc_in_bounds & (s < S)
     _, _, _, scale, shift, keep = _folded_affine(
-        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds,
+        threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
     if S_UNIT_STRIDE:
         x_ss = 1
         out_ss = 1
@@ -220,7 +221,8 @@ def _norm_act_drop_bwd_sums_kernel(
     c = channels[:, None]  # [BC, 1]
     c_in_bounds = c < C
     mean, invstd, _, scale, shift, keep = _folded_affine(
-        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, c_in_bounds, threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, c_in_bounds,
+        threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
     if S_UNIT_STRIDE:
         x_ss = 1
         dy_ss = 1
@@ -280,7 +282,8 @@ def _norm_act_drop_bwd_dx_kernel(
     n, c, s, nc_in_bounds = _tile(N, C, S, num_s_blocks, num_c_blocks, BLOCK_N, BLOCK_C, BLOCK_S)
     in_bounds = nc_in_bounds & (s < S)
     mean, invstd, k1, scale, shift, keep = _folded_affine(
-        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds,
+        threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
     if S_UNIT_STRIDE:
         x_ss = 1
         dy_ss = 1
@@ -418,7 +421,8 @@ def _norm_act_drop_neuron_fwd_kernel(
         out_sc = 1
     if TILE != CHANNEL_GROUPS:  # a group's elements share a channel: its constants load once
         _, _, _, scale, shift, _ = _folded_affine(
-            stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c_group, N, C, G, eps, (n < N) & (c_group < C), threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
+            stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c_group, N, C, G, eps, (n < N) & (c_group < C),
+            threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
     # a thread holds its groups' pieces, so each Philox call runs once (in one thread)
     for piece in tl.static_range(8 // LANES):
         c, s, j = _neuron_piece(c_group, g, piece, TILE, LANES)
@@ -426,7 +430,8 @@ def _norm_act_drop_neuron_fwd_kernel(
         in_bounds = nc_in_bounds & (s < S)
         if TILE == CHANNEL_GROUPS:
             _, _, _, scale, shift, _ = _folded_affine(
-                stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
+                stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds,
+                threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
         x = tl.load(x_ptr + n * x_sn + c * x_sc + s * x_ss, mask=in_bounds, other=0.0).to(tl.float32)
         z = x * scale + shift
         if ACT:
@@ -442,7 +447,8 @@ def _dx_constants(stats_ptr, weight_ptr, bias_ptr, sums_ptr, seed_ptr, n, c, N, 
     """``(scale', shift', k1, mean, invstd, k2, k3)`` of the drop-neuron input gradient (k2, k3 only when
     COUPLED)."""
     mean, invstd, k1, scale, shift, always_kept = _folded_affine(
-        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
+        stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds,
+        threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
     k2 = k1
     k3 = k1
     if COUPLED:
@@ -564,7 +570,8 @@ def _norm_act_drop_neuron_bwd_sums_kernel(
             c, s, j = _neuron_piece(c_group, g, piece, TILE, LANES)
             in_bounds = (n < N) & (c < C)
             mean, invstd, _, scale, shift, _ = _folded_affine(
-                stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, in_bounds, threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
+                stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, in_bounds,
+                threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
             x = tl.load(x_ptr + n * x_sn + c * x_sc, mask=in_bounds, other=0.0).to(tl.float32)
             dy = tl.load(dy_ptr + n * dy_sn + c * dy_sc, mask=in_bounds, other=0.0).to(tl.float32)
             keep = _group_keep(a0, a1, a2, a3, b0, b1, b2, b3, first, j, threshold, ALIGNED)
@@ -578,7 +585,8 @@ def _norm_act_drop_neuron_bwd_sums_kernel(
         nc_in_bounds = (n < N) & (c < C)
         # (named throwaways below: a `_` reassigned in the loop would be a loop-carried value changing type)
         mean, invstd, k1, scale, shift, always_kept = _folded_affine(
-            stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds, threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
+            stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds,
+            threshold, dscale, DROP_NEURON, GROUPED, HAS_WEIGHT, HAS_BIAS)
         if TILE == CHANNEL_VECTORS:  # [groups, channels]
             acc_dz = tl.zeros([BLOCK_N * BLOCK_G, BLOCK_C], dtype=tl.float32)
         else:  # [groups, lanes]

@@ -8,11 +8,12 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
-from ..backend import triton_launcher
+from ..backend import triton_kernels
 from ._autograd import Op, self_adjoint
-from .unit_gate import gate_factor, unit_gate_torch, unit_gate_triton, unit_keep_table
+from .unit_gate import gate_factor, unit_gate_torch, unit_keep_table
 
-drop_layer_triton = triton_launcher("drop_layer.drop_layer_triton")
+kernels = triton_kernels("drop_layer")
+unit_gate_kernels = triton_kernels("unit_gate")
 
 
 def _layer_inputs(branch: Tensor, shortcut: Tensor):
@@ -58,7 +59,7 @@ def _drop_layer(branch: Tensor, shortcut: Tensor, seed: Tensor, p: float, per_sa
     # the kernel walks each sample's memory: branch, shortcut and output in one layout
     branch, shortcut = _layer_inputs(branch, shortcut)
     out = empty_dense_like(shortcut)
-    drop_layer_triton(branch, shortcut, out, seed, p, per_sample)
+    kernels.drop_layer_triton(branch, shortcut, out, seed, p, per_sample)
     return out
 
 
@@ -72,8 +73,8 @@ def _layer_gate(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_triton:
     if use_triton:  # each sample's memory as one row: (N, 1, M) with unit strides
         N = x.shape[0]
         rows = ((N, 1, numel // N), (x.stride(0), x.stride(0), 1))  # a 16-divisible C stride keeps vectors
-        unit_gate_triton((x, *rows), (out, *rows), seed, p, stream=philox.STREAM_LAYER, per_sample=per_sample,
-                         units_per_sample=1)
+        unit_gate_kernels.unit_gate_triton((x, *rows), (out, *rows), seed, p, stream=philox.STREAM_LAYER,
+                                           per_sample=per_sample, units_per_sample=1)
     else:
         unit_gate_torch(per_sample_rows(x), per_sample_rows(out), seed, p, stream=philox.STREAM_LAYER,
                         per_sample=per_sample, units_per_sample=1)

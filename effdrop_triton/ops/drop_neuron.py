@@ -7,7 +7,7 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like
-from ..backend import triton_launcher
+from ..backend import triton_kernels
 from ._autograd import self_adjoint
 
 
@@ -19,12 +19,12 @@ def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
     return out.masked_fill_(drop, 0)
 
 
-drop_neuron_triton = triton_launcher("drop_neuron.drop_neuron_triton")
+kernels = triton_kernels("drop_neuron")
 
 
 def _drop_neuron(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
     if use_triton:
-        return drop_neuron_triton(x, seed, p)
+        return kernels.drop_neuron_triton(x, seed, p)
     return drop_neuron_torch(x, seed, p)
 
 

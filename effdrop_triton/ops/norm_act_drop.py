@@ -22,15 +22,14 @@ from torch import Tensor
 
 from .. import philox
 from .._layout import empty_dense_like, is_channels_minor
-from ..backend import triton_launcher
+from ..backend import triton_kernels
 from ._autograd import Op
 from .norm_stats import compute_dtype
 from .unit_gate import gate_factor, unit_keep_table
 
 DROP_NONE, DROP_NEURON, DROP_CHANNEL = 0, 1, 2
 
-norm_act_drop_fwd_triton = triton_launcher("norm_act_drop.norm_act_drop_fwd_triton")
-norm_act_drop_bwd_triton = triton_launcher("norm_act_drop.norm_act_drop_bwd_triton")
+kernels = triton_kernels("norm_act_drop")
 
 
 class Tables:
@@ -146,7 +145,7 @@ def _norm_act_drop(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], 
     if x.numel() == 0:
         return empty_dense_like(x)
     if use_triton:
-        return norm_act_drop_fwd_triton(x, weight, bias, stats, seed, num_groups, eps, p, act, drop)
+        return kernels.norm_act_drop_fwd_triton(x, weight, bias, stats, seed, num_groups, eps, p, act, drop)
     return norm_act_drop_torch(x, Tables(x, weight, bias, stats, num_groups, eps), seed, p, act, drop)
 
 
@@ -160,7 +159,7 @@ def _norm_act_drop_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], b
         return empty_dense_like(x), x.new_zeros((2, C), dtype=compute_dtype(x.dtype))
     coupled = batch_stats or num_groups > 0
     if use_triton:
-        return norm_act_drop_bwd_triton(grad, x, weight, bias, stats, seed, num_groups, eps, p, act, drop, coupled)
+        return kernels.norm_act_drop_bwd_triton(grad, x, weight, bias, stats, seed, num_groups, eps, p, act, drop, coupled)
     tables = Tables(x, weight, bias, stats, num_groups, eps)
     dx, dparams = norm_act_drop_backward_torch(grad, x, tables, seed, num_groups, batch_stats, eps, act, drop, p)
     if is_channels_minor(x) != is_channels_minor(dx) or dx.dtype != x.dtype:

@@ -15,10 +15,10 @@ from typing import Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..backend import triton_launcher
+from ..backend import triton_kernels
 from ._autograd import Op
 
-norm_stats_triton = triton_launcher("norm_stats.norm_stats_triton")
+kernels = triton_kernels("norm_stats")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -85,7 +85,7 @@ def _norm_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
     if x.numel() == 0:
         return x.new_full(stats_shape(x, num_groups), math.nan, dtype=compute_dtype(x.dtype))
     if use_triton:
-        return norm_stats_triton(x, num_groups, running_mean, running_var, num_batches_tracked, momentum)
+        return kernels.norm_stats_triton(x, num_groups, running_mean, running_var, num_batches_tracked, momentum)
     stats = norm_stats_torch(x, num_groups)
     if running_mean is not None:
         with torch.no_grad():

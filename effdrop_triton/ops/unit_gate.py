@@ -7,10 +7,9 @@ import torch
 
 from .. import philox
 from .._layout import as_ncs, ncs
-from ..backend import triton_launcher
+from ..backend import triton_kernels
 
-unit_gate_triton = triton_launcher("unit_gate.unit_gate_triton")
-path_gate_triton = triton_launcher("unit_gate.path_gate_triton")
+kernels = triton_kernels("unit_gate")
 
 
 def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, stream: int, per_sample: bool,
@@ -58,7 +57,7 @@ def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p:
 def unit_gate(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, use_triton: bool, **rule) -> None:
     """``dst = src * keep / (1 - p)`` for (N, C, *) tensors (spatial dims merged)."""
     if use_triton:
-        unit_gate_triton(ncs(src), ncs(dst), seed, p, **rule)
+        kernels.unit_gate_triton(ncs(src), ncs(dst), seed, p, **rule)
     else:
         unit_gate_torch(as_ncs(src), as_ncs(dst), seed, p, **rule)
 
@@ -67,7 +66,7 @@ def path_gate(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool, use_tr
     """Gate path ``i`` of a multi-path block: ``dsts[i] = srcs[i] * keep[n, i] / (1 - p)`` for (N, C_i, *) tensors."""
     paths = len(srcs)
     if use_triton:
-        path_gate_triton(srcs, dsts, seed, p, per_sample)
+        kernels.path_gate_triton(srcs, dsts, seed, p, per_sample)
         return
     # the fallback draws the (N, paths) table once for all paths
     N = srcs[0].shape[0]
