@@ -230,8 +230,8 @@ def norm_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[
     if settings.batch_stats:
         # the statistics are not differentiated through (the fused op's formula covers them); a traced call
         # must say so, the eager one skips the view
-        return norm_stats_op(x.detach() if traced(x) else x, running_mean, running_var, settings.num_batches_tracked, settings.num_groups,
-                             settings.momentum, triton)
+        return norm_stats_op(x.detach() if traced(x) else x, running_mean, running_var,
+                             settings.num_batches_tracked, settings.num_groups, settings.momentum, triton)
     return torch.stack((running_mean, running_var)).view(2, 1, x.shape[1])
 
 
@@ -330,7 +330,8 @@ def norm_act_drop_conv2d(x: Tensor, weight: Optional[Tensor], bias: Optional[Ten
                          stride=1, padding=0, dilation=1, groups: int = 1, *, norm: str = "bn",
                          num_groups: Optional[int] = None, training: bool = True,
                          use_batch_stats: Optional[bool] = None, momentum: Optional[float] = 0.1,
-                         num_batches_tracked: Optional[Tensor] = None, eps: float = 1e-5, act: bool = True, drop_type: Union[str, int] = "channel", p: float = 0.0, seed: Seed = None,
+                         num_batches_tracked: Optional[Tensor] = None, eps: float = 1e-5, act: bool = True,
+                         drop_type: Union[str, int] = "channel", p: float = 0.0, seed: Seed = None,
                          input_stats: bool = False):
     """``conv2d(norm_act_drop(x, ...), conv_weight, conv_bias, stride, padding, dilation, groups)`` whose
     backward recomputes the convolution's input from ``x``: it saves ``x``, the statistics, the seed

@@ -33,22 +33,24 @@ def traced(x) -> bool:
 class Op:
     """``qualname`` (schema from ``impl``'s annotations) with its fake implementation and autograd
     formula. Calling it runs ``impl``: through the custom op when traced, else directly (inside the
-    eager ``autograd.Function`` when an input in ``grad_inputs`` requires grad)."""
+    eager ``autograd.Function`` when an input in ``grad_inputs`` requires grad). ``function`` is that
+    Function when the op writes its own (else it is made from ``impl`` and the formula)."""
 
     __slots__ = ("name", "op", "impl", "function", "grad_inputs")
 
     def __init__(self, qualname: str, impl: Callable, fake: Callable, backward: Optional[Callable] = None,
                  setup_context: Optional[Callable] = None, grad_inputs: Sequence[int] = (0,),
-                 mutates_args=()):
+                 mutates_args=(), function=None):
         self.name = qualname
         self.impl = impl
         self.op = torch.library.custom_op(qualname, impl, mutates_args=mutates_args)
         self.op.register_fake(fake)
-        self.function = None
+        self.function = function
         self.grad_inputs = tuple(grad_inputs)
         if backward is not None:
             self.op.register_autograd(backward, setup_context=setup_context)
-            self.function = _eager_function(qualname, impl, setup_context, backward)
+            if function is None:
+                self.function = _eager_function(qualname, impl, setup_context, backward)
 
     def __call__(self, *args):
         x = args[0]  # traced() inlined: this runs on every call
@@ -65,11 +67,14 @@ class Op:
         return self.impl(*args)
 
 
-def _eager_function(qualname: str, impl, setup_context, backward):
-    def forward(ctx, *args):
-        out = impl(*args)
-        setup_context(ctx, args, out)
-        return out
+def _eager_function(qualname: str, impl, setup_context, backward, forward=None):
+    """An ``autograd.Function`` named after the op: ``forward`` (default: ``impl`` then ``setup_context``)
+    and ``backward``."""
+    if forward is None:
+        def forward(ctx, *args):
+            out = impl(*args)
+            setup_context(ctx, args, out)
+            return out
 
     name = "".join(part.title() for part in qualname.split("::")[1].split("_"))
     return type(name, (torch.autograd.Function,), {"forward": staticmethod(forward),
@@ -102,7 +107,6 @@ def self_adjoint(qualname: str, impl, fake) -> Op:
             return (op(grad, seed, *ctx.args), *nones)
         return (impl(grad, seed, *ctx.args), *nones)
 
-    op = Op(qualname, impl, fake, backward, setup_context)
-    op.function = type(op.function.__name__, (torch.autograd.Function,),
-                       {"forward": staticmethod(eager_forward), "backward": staticmethod(eager_backward)})
+    op = Op(qualname, impl, fake, backward, setup_context,
+            function=_eager_function(qualname, impl, None, eager_backward, eager_forward))
     return op

@@ -17,7 +17,7 @@ def _drop_channel(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor
     out = empty_dense_like(x)
     if use_triton:
         kernels.unit_gate_triton(ncs(x), ncs(out), seed, p, stream=philox.STREAM_CHANNEL, per_sample=True,
-                         units_per_sample=x.shape[1])
+                                 units_per_sample=x.shape[1])
     elif x.numel():
         unit_gate_torch(as_ncs(x), as_ncs(out), seed, p, stream=philox.STREAM_CHANNEL, per_sample=True,
                         units_per_sample=x.shape[1])

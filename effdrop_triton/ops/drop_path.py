@@ -120,15 +120,15 @@ class _ListOp(Op):
         if torch.is_grad_enabled():
             if isinstance(first, list):
                 if any(b.requires_grad for b in first):
-                    return _DropPathCat.apply(*args[1:], *first)
+                    return self.function.apply(*args[1:], *first)
             elif first.requires_grad:
-                return list(_DropPathSplit.apply(*args))
+                return list(self.function.apply(*args))
         return self.impl(*args)
 
 
 drop_path_cat_op = _ListOp("effdrop::drop_path_cat", _drop_path_cat,
                            lambda branches, seed, p, per_sample, use_triton: _cat_output(branches),
-                           _backward_cat, _setup_cat)
+                           _backward_cat, _setup_cat, function=_DropPathCat)
 drop_path_split_op = _ListOp("effdrop::drop_path_split", _drop_path_split,
                              lambda grad, seed, p, per_sample, sizes, use_triton: _split_outputs(grad, sizes),
-                             _backward_split, _setup_split)
+                             _backward_split, _setup_split, function=_DropPathSplit)
