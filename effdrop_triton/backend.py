@@ -54,6 +54,12 @@ def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "on", "yes")
 
 
+def kernels_traceable() -> bool:
+    """A traced graph can launch the kernels itself (``torch.library.wrap_triton``); not the
+    interpreter's, which run on host memory (they run inside an opaque op instead)."""
+    return not _interpreting()
+
+
 _has_triton = None
 _interpret = None  # TRITON_INTERPRET as read at the first call (Triton reads it when the kernels are defined)
 _supported_cuda_devices = {}

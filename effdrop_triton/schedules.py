@@ -17,6 +17,7 @@ from __future__ import annotations
 import warnings
 from typing import List
 
+import torch
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, MultiStepLR, SequentialLR
 
@@ -64,3 +65,11 @@ def fast_forward(optimizer: Optimizer, name: str, epochs: int, warmup_epochs: in
         for _ in range(epoch):
             scheduler.step()
     return scheduler
+
+
+def learning_rates_as_tensors(optimizer: Optimizer, device: torch.device) -> None:
+    """Each group's rate as a 0-d float64 tensor on ``device`` (the schedules then fill it in place): a
+    compiled optimizer step reads it there, where a Python float would be a constant of its graph, so
+    every new rate would compile the step again."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), dtype=torch.float64, device=device)

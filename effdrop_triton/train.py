@@ -48,7 +48,7 @@ from .checkpoint import CheckpointError, load_checkpoint, make_checkpoint, rng_s
 from .distributed import (DistInfo, all_reduce_sum, any_rank, barrier, broadcast_state, close_distributed,
                           gather_objects, init_distributed)
 from .models import build_model, list_models
-from .schedules import SCHEDULES, build_scheduler, fast_forward
+from .schedules import SCHEDULES, build_scheduler, fast_forward, learning_rates_as_tensors
 from .train_data import DATASETS, DatasetNotFound, load_datasets, make_loaders
 
 logger = logging.getLogger("effdrop_triton.train")
@@ -62,8 +62,10 @@ SMALLEST_DEPTH = {"wrn": 10, "preresnet": 11, "densenet": 10, "resnext": 11}
 # what the paper repository's --arg1 meant per --net_type (its resnet took a widen factor, which ours fixes at 1)
 ARG1_OPTION = {"wrn": "widen_factor", "densenet": "growth_rate", "resnext": "cardinality"}
 NET_TYPES = {"resnet": "preresnet"}
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that record CUDA graphs
 # settings a resumed run may change: where and how it runs, and --epochs (the schedule is recomputed)
-RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "name", "workers", "no_progress", "log_all_ranks", "compile",
+RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "name", "workers", "no_progress", "log_all_ranks", "compile", "compile_mode",
                      "data_dir", "download", "device"}
 
 
@@ -153,7 +155,11 @@ def get_args_parser(add_help: bool = True) -> argparse.ArgumentParser:
     optim.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"),
                        help="autocast dtype; fp16 uses a gradient scaler (default: off)")
     optim.add_argument("--channels-last", action="store_true", help="channels_last memory format")
-    optim.add_argument("--compile", action="store_true", help="torch.compile the model")
+    optim.add_argument("--compile", action="store_true",
+                       help="torch.compile the model and the optimizer step (= --compile-mode default)")
+    optim.add_argument("--compile-mode", choices=COMPILE_MODES, default=None,
+                       help="torch.compile mode; implies --compile. reduce-overhead and max-autotune replay the "
+                            "step as CUDA graphs (see the README)")
     optim.add_argument("--seed", type=int, default=0, help="(default: 0); rank r seeds its dropout with seed + r")
     optim.add_argument("--deterministic", action="store_true",
                        help="torch.use_deterministic_algorithms: bit-identical reruns and resumes")
@@ -275,6 +281,10 @@ def resolve(args: argparse.Namespace) -> argparse.Namespace:
     except argparse.ArgumentTypeError as error:
         raise UsageError(f"--drop-type {error}") from error
     _check_ranges(cfg)
+    if cfg["compile_mode"] is not None:
+        cfg["compile"] = True
+    elif cfg["compile"]:
+        cfg["compile_mode"] = "default"
     if cfg["workers"] is None:
         cfg["workers"] = 0 if cfg["dataset"] == "digits" else min(4, os.cpu_count() or 1)
     if cfg["name"] is None:
@@ -506,9 +516,16 @@ class _Trainer:
             self.train_model = DistributedDataParallel(self.model, device_ids=[self.device.index]
                                                        if self.device.type == "cuda" else None)
         self.eval_model = self.model
+        self.optimizer_step = self.optimizer.step
+        # CUDA graphs replay into the same memory: each step is marked, and evaluation keeps one batch shape
+        self.graphs = cfg.compile_mode in GRAPH_MODES and self.device.type == "cuda"
         if cfg.compile:
-            self.train_model = torch.compile(self.train_model)
-            self.eval_model = self.train_model if not info.enabled else torch.compile(self.model)
+            mode = cfg.compile_mode
+            self.train_model = torch.compile(self.train_model, mode=mode)
+            self.eval_model = self.train_model if not info.enabled else torch.compile(self.model, mode=mode)
+            # the rate is read from a device tensor, so a new rate neither recompiles nor syncs
+            learning_rates_as_tensors(self.optimizer, self.device)
+            self.optimizer_step = torch.compile(self.optimizer.step, mode=mode)
 
     def _restore(self, ckpt: Dict) -> None:
         cfg, info = self.cfg, self.info
@@ -518,6 +535,8 @@ class _Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         except (RuntimeError, ValueError, KeyError) as error:
             raise CheckpointError(f"checkpoint does not fit this model: {error}") from error
+        for group in self.optimizer.param_groups:  # a compiled run keeps its rates as tensors
+            group["lr"] = float(group["lr"])
         self.start_epoch, self.start_step, self.best = ckpt["epoch"], ckpt["step"], ckpt["best"]
         if ckpt["config"]["epochs"] == cfg.epochs:
             self.scheduler.load_state_dict(ckpt["scheduler"])
@@ -579,13 +598,18 @@ class _Trainer:
         started, seen = time.perf_counter(), 0
         for step in range(start_step, steps):
             images, targets = self._to_device(*next(batches))
+            if self.graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with self._autocast():
                 logits = self.train_model(images)
                 loss = F.cross_entropy(logits, targets)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            if self.scaler.is_enabled():  # fp16: the scaler reads the overflow check on the host
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
+                self.optimizer_step()
             with torch.no_grad():
                 totals += torch.stack([loss.detach().double() * len(targets),
                                        (logits.argmax(1) == targets).sum().double(),
@@ -613,8 +637,14 @@ class _Trainer:
         totals = torch.zeros(4, dtype=torch.float64, device=self.device)
         for images, targets in loader:
             images, targets = self._to_device(images, targets)
+            count = len(targets)
+            if self.cfg.compile and count < loader.batch_size:  # one shape: no new graph for the last batch
+                padding = images.new_zeros((loader.batch_size - count, *images.shape[1:]))
+                images = torch.cat([images, padding]).to(memory_format=self.memory_format)
+            if self.graphs:
+                torch.compiler.cudagraph_mark_step_begin()
             with self._autocast():
-                logits = self.eval_model(images)
+                logits = self.eval_model(images)[:count]
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices == targets[:, None]
             totals += torch.stack([F.cross_entropy(logits.float(), targets, reduction="sum").double(),
                                    top[:, 0].sum().double(), top.any(1).sum().double(),
@@ -681,7 +711,7 @@ class _Trainer:
             loss_sum, correct, count = all_reduce_sum(totals.clone(), info).tolist()
             images = all_reduce_sum(torch.tensor([local_images], dtype=torch.float64, device=self.device), info).item()
             val = self.evaluate(self.val_loader)
-            lr = self.optimizer.param_groups[0]["lr"]
+            lr = float(self.optimizer.param_groups[0]["lr"])
             self.scheduler.step()
             record = {"epoch": epoch, "lr": lr, "train_loss": loss_sum / count,
                       "train_top1_err": 100 * (1 - correct / count),
@@ -747,13 +777,29 @@ def _tensorboard(run_dir: Path):
     return SummaryWriter(str(run_dir))
 
 
+def _device(name: Optional[str]) -> torch.device:
+    """``--device`` (default: cuda when available); a CUDA device this machine lacks is a UsageError."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise UsageError(f"--device {name}: {error}") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {name}: no CUDA device is available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise UsageError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def main(args: argparse.Namespace) -> Dict:
     """Train as ``args`` (from :func:`parse_args`) say; returns the results (also in results.json).
     Raises UsageError, DatasetNotFound or CheckpointError for bad input, TrainingInterrupted after a
     stop signal (last.pt saved)."""
     cfg = resolve(args)
     check_model(cfg)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(cfg.device)
     if cfg.sync_bn and device.type != "cuda":
         raise UsageError("--sync-bn needs CUDA (PyTorch's SyncBatchNorm reduces statistics on GPUs only)")
     info = init_distributed(device.type == "cuda")

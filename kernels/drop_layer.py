@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import cdiv, next_power_of_2
+from .grid import cdiv, launcher, next_power_of_2
 
 from effdrop_triton.philox import keep_scale, unit_threshold
 
@@ -65,4 +65,4 @@ def drop_layer_triton(branch: torch.Tensor, shortcut: torch.Tensor, out: torch.T
         return
     M = numel // N
     grid, num_blocks, meta = _plan(N, M, per_sample)
-    _drop_layer_kernel[grid](branch, shortcut, out, seed, N, M, num_blocks, unit_threshold(p), keep_scale(p), **meta)
+    launcher(_drop_layer_kernel)[grid](branch, shortcut, out, seed, N, M, num_blocks, unit_threshold(p), keep_scale(p), **meta)

@@ -10,7 +10,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import cdiv, next_power_of_2
+from .grid import cdiv, launcher, next_power_of_2
 
 from effdrop_triton._layout import empty_dense_like, is_channels_last
 from effdrop_triton.philox import keep_scale, neuron_threshold
@@ -93,7 +93,7 @@ def _drop_neuron_channels_last_kernel(
 
 def _launch_flat(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
     numel = x.numel()
-    _drop_neuron_flat_kernel[(cdiv(numel, 8 * FLAT_CALLS),)](
+    launcher(_drop_neuron_flat_kernel)[(cdiv(numel, 8 * FLAT_CALLS),)](
         x, out, seed, numel, neuron_threshold(p), keep_scale(p), CALLS=FLAT_CALLS, LANES=min(8, 16 // x.element_size()),
         num_warps=4)
 
@@ -116,7 +116,7 @@ def _channels_last_plan(N: int, C: int, S: int, element_size: int):
 def _launch_channels_last(x: torch.Tensor, out: torch.Tensor, seed: torch.Tensor, p: float) -> None:
     N, C = x.shape[0], x.shape[1]
     grid, args, meta = _channels_last_plan(N, C, x.numel() // (N * C), x.element_size())
-    _drop_neuron_channels_last_kernel[grid](x, out, seed, *args, neuron_threshold(p), keep_scale(p), **meta)
+    launcher(_drop_neuron_channels_last_kernel)[grid](x, out, seed, *args, neuron_threshold(p), keep_scale(p), **meta)
 
 
 def drop_neuron_triton(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:

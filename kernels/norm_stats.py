@@ -16,7 +16,7 @@ import triton.language as tl
 
 from effdrop_triton._layout import ncs
 
-from .grid import cdiv, next_power_of_2
+from .grid import cdiv, launcher, next_power_of_2
 
 # programs to aim for: enough to fill a large GPU when N * C is small (the positions are split into chunks)
 _TARGET_PROGRAMS = 1024
@@ -200,12 +200,14 @@ def norm_stats_triton(x: torch.Tensor, num_groups: int, running_mean, running_va
     partials_shape, stats_shape, (grid, args, meta), (merge_grid, merge_args, unbias, merge_meta) = _plan(
         N, C, S, strides, num_groups)
     partials = torch.empty(partials_shape, dtype=torch.float32, device=x.device)
-    _partial_moments_kernel[grid](x, partials, *args, **meta)
+    launcher(_partial_moments_kernel)[grid](x, partials, *args, **meta)
     stats = torch.empty(stats_shape, dtype=torch.float32, device=x.device)
     update = running_mean is not None
-    _finish_moments_kernel[merge_grid](
-        partials, stats, running_mean if update else stats, running_var if update else stats,
-        stats if num_batches_tracked is None else num_batches_tracked, *merge_args, momentum, unbias,
+    # the (read-only) partials stand in for absent tensors: never a written one, which a traced graph
+    # would clone once per argument
+    launcher(_finish_moments_kernel)[merge_grid](
+        partials, stats, running_mean if update else partials, running_var if update else partials,
+        partials if num_batches_tracked is None else num_batches_tracked, *merge_args, momentum, unbias,
         GROUPED=num_groups > 0, UPDATE_RUNNING=update, CUMULATIVE=num_batches_tracked is not None, **merge_meta,
     )
     return stats

@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import cdiv, next_power_of_2
+from .grid import cdiv, launcher, next_power_of_2
 
 from effdrop_triton.philox import keep_scale, unit_threshold
 
@@ -108,7 +108,7 @@ def unit_gate_triton(src, dst, seed: torch.Tensor, p: float, *, stream: int, per
         return
     grid, args, meta = _plan(N, C, S, src_strides, dst_strides, units_per_sample if per_sample else 0, unit_base,
                              channels_per_unit)
-    _unit_gate_kernel[grid](src, dst, seed, *args, unit_threshold(p), keep_scale(p), STREAM=stream, **meta)
+    launcher(_unit_gate_kernel)[grid](src, dst, seed, *args, unit_threshold(p), keep_scale(p), STREAM=stream, **meta)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -138,4 +138,4 @@ def path_gate_triton(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool)
                              units_per_sample=len(srcs), unit_base=index, channels_per_unit=src.shape[1])
         elif plan is not None:
             grid, args, meta = plan
-            _unit_gate_kernel[grid](src, dst, seed, *args, threshold, scale, STREAM=STREAM_PATH, **meta)
+            launcher(_unit_gate_kernel)[grid](src, dst, seed, *args, threshold, scale, STREAM=STREAM_PATH, **meta)

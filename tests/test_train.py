@@ -359,6 +359,27 @@ def test_bad_model_settings_exit_2_before_loading_data(argv, message, tmp_path, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("device, message", [("cuda", "--device cuda: no CUDA device is available"),
+                                             ("cuda:1", "--device cuda:1: no CUDA device is available"),
+                                             ("gpu", "--device gpu: ")])
+def test_device_this_machine_lacks_exits_2_with_one_line(device, message, tmp_path, capsys):
+    status, err = cli_exit(["--device", device, "--output-dir", tmp_path / "run"], capsys)
+    assert status == 2 and err.startswith(f"effdrop-train: error: {message}") and err.count("\n") == 1, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_compile_mode_implies_compile_and_compile_means_the_default_mode():
+    resolved = train.resolve(train.parse_args(["--compile-mode", "max-autotune"]))
+    assert resolved.compile and resolved.compile_mode == "max-autotune"
+    resolved = train.resolve(train.parse_args(["--compile"]))
+    assert resolved.compile and resolved.compile_mode == "default"
+    resolved = train.resolve(train.parse_args([]))
+    assert not resolved.compile and resolved.compile_mode is None
+    with pytest.raises(SystemExit):
+        train.parse_args(["--compile-mode", "fastest"])
+
+
 def test_console_script_exit_status_and_message(tmp_path):
     done = subprocess.run([str(BIN / "effdrop-train"), "--dataset", "svhn", "--data-dir", str(tmp_path)],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
@@ -443,3 +464,22 @@ def test_embedded_default_learns_the_digits(tmp_path):
     cfg = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
     assert (cfg["dataset"], cfg["model"], cfg["depth"], cfg["block_type"], cfg["drop_type"]) == \
            ("digits", "preresnet", 11, 0, "channel")
+
+
+def test_compile_mode_resumes_exactly_and_checkpoints_the_plain_model(cifar10, tmp_path):
+    """``--compile-mode reduce-overhead`` (on the CPU inductor records no CUDA graphs, but the step, the
+    compiled optimizer with its rate as a tensor and the padded last evaluation batch are the same code):
+    one epoch and a resumed second equal two epochs straight, bit for bit, and the checkpoints hold the
+    plain model."""
+    common = ["--epochs", 2, "--compile-mode", "reduce-overhead", "--workers", 0]
+    run(cifar_args(cifar10, tmp_path / "straight", *common))
+    run(cifar_args(cifar10, tmp_path / "resumed", *common[:1], 1, *common[2:]))
+    run(cifar_args(cifar10, tmp_path / "resumed", *common, "--resume", "auto"))
+    assert_same_weights(weights(tmp_path / "straight" / "last.pt"), weights(tmp_path / "resumed" / "last.pt"))
+    straight, resumed = metrics(tmp_path / "straight"), metrics(tmp_path / "resumed")
+    assert [r["lr"] for r in straight] == [r["lr"] for r in resumed] == [0.1, 0.05]  # the schedule reached the step
+    assert [r["val_loss"] for r in straight] == [r["val_loss"] for r in resumed]
+    model = build_model("wrn", depth=10, widen_factor=1, num_classes=10, in_channels=3, drop_rate=0.1)
+    model.load_state_dict(weights(tmp_path / "resumed" / "last.pt"))  # no torch.compile wrapper prefixes
+    config = yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text())
+    assert config["compile"] is True and config["compile_mode"] == "reduce-overhead"

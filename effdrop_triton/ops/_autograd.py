@@ -1,7 +1,15 @@
 """An op as a ``torch.library`` custom op for tracing and a plain ``torch.autograd.Function`` for eager calls.
 
 ``torch.compile``, fake tensors and functorch see one custom op with a fake implementation and an
-autograd formula. An eager call skips the dispatcher's Python layers for custom ops (autograd
+autograd formula. Where the call runs the compiled Triton kernels, functionalization (the step of
+``torch.compile`` that turns the graph into pure ops, before inductor) decomposes the op into its
+implementation, whose launches then go through ``torch.library.wrap_triton`` (``kernels/grid.py``'s
+``launcher``): the graph holds the Triton kernels themselves, inductor launches them from its own
+code, and cudagraph trees record them, as for a ``torch.library.triton_op``. On the fallback (and for
+the interpreter's kernels, which run on host memory) the op stays opaque: the fallback reads the seed
+on the host, which a graph cannot trace. Unlike ``triton_op``, registering this needs no Triton import.
+
+An eager call skips the dispatcher's Python layers for custom ops (autograd
 wrapper, backend wrapper, alias checks: more host time than the kernels take at CIFAR shapes):
 it runs the same implementation inside an ``autograd.Function`` made from the same formulas
 (``setup_context(ctx, inputs, output)``, ``backward(ctx, *grads)``), as Liger-Kernel's ops are
@@ -15,6 +23,9 @@ from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
+from torch._subclasses.functional_tensor import FunctionalTensorMode
+
+from .. import backend
 
 _is_compiling = torch.compiler.is_compiling
 _dispatch_modes = torch._C._len_torch_dispatch_stack
@@ -31,10 +42,11 @@ def traced(x) -> bool:
 
 
 class Op:
-    """``qualname`` (schema from ``impl``'s annotations) with its fake implementation and autograd
-    formula. Calling it runs ``impl``: through the custom op when traced, else directly (inside the
-    eager ``autograd.Function`` when an input in ``grad_inputs`` requires grad). ``function`` is that
-    Function when the op writes its own (else it is made from ``impl`` and the formula)."""
+    """``qualname`` (schema from ``impl``'s annotations, whose last argument is ``use_triton``) with its
+    fake implementation and autograd formula. Calling it runs ``impl``: through the op when traced, else
+    directly (inside the eager ``autograd.Function`` when an input in ``grad_inputs`` requires grad).
+    ``function`` is that Function when the op writes its own (else it is made from ``impl`` and the
+    formula)."""
 
     __slots__ = ("name", "op", "impl", "function", "grad_inputs")
 
@@ -45,6 +57,7 @@ class Op:
         self.impl = impl
         self.op = torch.library.custom_op(qualname, impl, mutates_args=mutates_args)
         self.op.register_fake(fake)
+        self.op.register_torch_dispatch(FunctionalTensorMode, _decompose_on_triton(impl))
         self.function = function
         self.grad_inputs = tuple(grad_inputs)
         if backward is not None:
@@ -65,6 +78,19 @@ class Op:
                         raise RuntimeError(f"{self.name} has no autograd formula; its inputs must not require grad")
                     return self.function.apply(*args)
         return self.impl(*args)
+
+
+def _decompose_on_triton(impl: Callable):
+    """Functionalization's rule for an op: its implementation, traced (``impl``'s last argument is
+    ``use_triton``), where that launches compiled Triton kernels; else the op itself, opaque."""
+
+    def functionalize(mode, op, types, args, kwargs):
+        if args[-1] and backend.kernels_traceable():
+            with mode:
+                return impl(*args, **kwargs)
+        return mode.__torch_dispatch__(op, types, args, kwargs)
+
+    return functionalize
 
 
 def _eager_function(qualname: str, impl, setup_context, backward, forward=None):
