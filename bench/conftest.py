@@ -343,17 +343,19 @@ def graph_replay_ms(fn, timer=_do_bench_ms, capture=capture_graph, synchronize=t
 
 @pytest.fixture
 def record(benchmark, environment, device, copy_gbps, pytestconfig):
-    """``record(fn, info, bytes_moved=None, copy_bytes=None, images=None)`` times ``fn()`` with pytest-benchmark.
+    """``record(fn, info, bytes_moved=None, copy_bytes=None, images=None, replay=True)`` times ``fn()`` with
+    pytest-benchmark.
 
     ``info`` holds the fields the report groups by (op, provider, baselines, shape_name,
     dtype, pass); ``bytes_moved`` adds GB/s, ``copy_bytes`` (the size of the op's output)
     the copy-bandwidth reference and the share of it reached; ``images``
-    (samples per call, for a training step) adds images/s. The environment, peak memory
+    (samples per call, for a training step) adds images/s; ``replay=False`` for a function that replays
+    CUDA graphs itself (a graph cannot capture another's replay). The environment, peak memory
     and, on CUDA, do_bench quantiles and, unless ``--bench-no-graphs``, those of ``fn`` replayed as a CUDA
     graph (or why it could not be captured) are added here.
     """
 
-    def run(fn, info, bytes_moved=None, copy_bytes=None, images=None):
+    def run(fn, info, bytes_moved=None, copy_bytes=None, images=None, replay=True):
         benchmark.group = "-".join(str(info.get(k)) for k in ("op", "shape_name", "dtype", "pass"))
         extra = benchmark.extra_info
         extra.update(environment)
@@ -377,7 +379,7 @@ def record(benchmark, environment, device, copy_gbps, pytestconfig):
             extra["images_per_s"] = images / median
         if device.type == "cuda":
             extra["do_bench_ms"] = _do_bench_ms(fn)
-            if not pytestconfig.getoption("bench_no_graphs"):
+            if replay and not pytestconfig.getoption("bench_no_graphs"):
                 extra.update(graph_replay_ms(fn))
         return result
 

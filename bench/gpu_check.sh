@@ -4,8 +4,12 @@
 #   2. versions   nvidia-smi, torch, CUDA, Triton, the device and its compute capability
 #   3. cuda-tests tests/test_cuda.py (Triton vs fallback parity on the GPU, torch.compile, int64 offsets)
 #                 spread over the cores with pytest-xdist when it is installed
-#   4. benchmarks bench/test_bench_*.py on the GPU, headline cases first, cut to the time budget
-#   5. report     python -m bench.report: markdown table and bar chart
+#   4. e2e        the bf16 training steps of bench/test_bench_e2e.py: eager, compiled and reduce-overhead
+#                 (CUDA graphs), package model against its PyTorch twin, images/s and peak memory
+#   5. benchmarks bench/test_bench_*.py on the GPU (less step 4's cases), headline cases first, cut to
+#                 the time budget
+#   6. report     python -m bench.report: markdown table, targets and bar chart (steps 4 and 5 share
+#                 bench.log and one JSON file: the GPU machine returns at most 8 files)
 # then a one-screen summary: pass/fail per stage and the headline ratios. Every stage runs
 # even when an earlier one failed.
 #
@@ -14,7 +18,8 @@
 # --out DIR   logs, benchmark JSON, report and summary (8 files); default $OUT when set,
 #             else ./gpu-check-<date>
 # --budget    wall-clock budget of the whole script (default 6 minutes); the CUDA tests get
-#             at most two fifths, the benchmarks what is left less a reserve for the report
+#             at most two fifths, the training steps at most half of what is left, the benchmarks
+#             the rest less a reserve for the report
 # --no-graphs time the benchmarks eagerly only, not also replayed as CUDA graphs (--bench-no-graphs):
 #             more cases within a short budget
 # --dry-run   run every stage with the CUDA parts skipped (install resolves without installing,
@@ -178,11 +183,33 @@ if [ "$HAVE_CUDA" != 1 ]; then note="CUDA tests skipped: no GPU; $note"; fi
 [ "$rc" = 0 ] || grep -E "^(FAILED|ERROR)" "$LOG" | head -n 5 | sed 's/^/   | /'
 end cuda-tests "$(status_of $rc)" "$note"
 
-# ---- 4. benchmarks ----------------------------------------------------------------------
-begin benchmarks
+# ---- 4. training steps (bf16) -----------------------------------------------------------
+begin e2e
 LOG=$OUT_DIR/bench.log
 JSON=$OUT_DIR/$SLUG-$DATE.json
+E2E_JSON=$(mktemp "${TMPDIR:-/tmp}/e2e-XXXXXX.json")
 rm -f "$JSON"
+E2E_BUDGET=$(max 20 $(( ($(remaining) - 40) / 2 )))
+if [ "$DRY" = 1 ]; then
+    E2E_GRID=(--bench-shapes=small --bench-dtypes=fp32 --benchmark-min-rounds=1 --benchmark-max-time=0)
+    note="dry run: the CPU's fp32 steps, 1 round each; "
+else
+    E2E_GRID=(--bench-dtypes=bf16 --benchmark-min-rounds=5 --benchmark-max-time=1)
+    note="bf16 autocast; "
+fi
+echo "---- bench/test_bench_e2e.py (training steps)" >"$LOG"
+timeout -s INT -k 20 $(( E2E_BUDGET + 60 )) "$PY" -m pytest bench/test_bench_e2e.py -q -rs -p no:cacheprovider \
+    "${E2E_GRID[@]}" "${GRAPHS[@]}" --bench-budget="$E2E_BUDGET" --bench-no-rounds --benchmark-json="$E2E_JSON" \
+    --benchmark-columns=median,iqr,rounds >>"$LOG" 2>&1
+rc=$?
+note="$note$(pytest_line "$LOG")"
+[ -s "$E2E_JSON" ] || { rc=1; note="$note; no JSON written"; }
+[ "$rc" = 0 ] || grep -E "^(FAILED|ERROR)" "$LOG" | head -n 5 | sed 's/^/   | /'
+end e2e "$(status_of $rc)" "$note"
+
+# ---- 5. benchmarks ----------------------------------------------------------------------
+begin benchmarks
+{ echo; echo "---- the other benchmarks"; } >>"$LOG"
 RESERVE=40  # report, summary and the benchmark session's start-up
 BENCH_BUDGET=$(max 20 $(( $(remaining) - RESERVE )))
 if [ "$DRY" = 1 ]; then
@@ -196,19 +223,33 @@ else
     note="headline cases first, ${MAX_TIME} s per case; "
 fi
 timeout -s INT -k 20 $(( BENCH_BUDGET + 60 )) "$PY" -m pytest bench/test_bench_*.py -q -rs -p no:cacheprovider \
-    "${GRID[@]}" "${GRAPHS[@]}" --bench-budget="$BENCH_BUDGET" --bench-no-rounds --benchmark-json="$JSON" \
+    -k "not (test_e2e_step and ($([ "$DRY" = 1 ] && echo fp32 || echo bf16)))" "${GRID[@]}" "${GRAPHS[@]}" --bench-budget="$BENCH_BUDGET" --bench-no-rounds --benchmark-json="$JSON" \
     --benchmark-columns=median,iqr,rounds \
-    >"$LOG" 2>&1
+    >>"$LOG" 2>&1
 rc=$?
 OVER=$(grep -E "^SKIPPED \[[0-9]+\].*over the --bench-budget" "$LOG" | sed -E 's/^SKIPPED \[([0-9]+)\].*/\1/' \
        | awk '{n += $1} END {print n + 0}')
 note="$note$(pytest_line "$LOG")"
 [ "$OVER" = 0 ] || note="$note; $OVER over the ${BENCH_BUDGET} s budget"
 [ -s "$JSON" ] || { rc=1; note="$note; no JSON written"; }
-[ "$rc" = 0 ] || grep -E "^(FAILED|ERROR)" "$LOG" | head -n 5 | sed 's/^/   | /'
+# one JSON file: the training steps' records join the others
+"$PY" - "$E2E_JSON" "$JSON" >>"$LOG" 2>&1 <<'EOF'
+import json, os, sys
+steps, target = sys.argv[1:]
+if os.path.getsize(steps):
+    with open(steps) as f:
+        merged = json.load(f)
+    if os.path.exists(target) and os.path.getsize(target):
+        with open(target) as f:
+            merged["benchmarks"] += json.load(f)["benchmarks"]
+    with open(target, "w") as f:
+        json.dump(merged, f)
+EOF
+rm -f "$E2E_JSON"
+[ "$rc" = 0 ] || grep -E "^(FAILED|ERROR)" "$LOG" | tail -n 5 | sed 's/^/   | /'
 end benchmarks "$(status_of $rc)" "$note"
 
-# ---- 5. report --------------------------------------------------------------------------
+# ---- 6. report --------------------------------------------------------------------------
 begin report
 MD=$OUT_DIR/$SLUG-$DATE.md
 { echo; echo "---- python -m bench.report"; } >>"$LOG"

@@ -41,7 +41,13 @@ import math
 import os
 import sys
 
-PACKAGE = ("torch", "triton", "effdrop", "effdrop_compile")  # op backends; training-step providers
+PACKAGE = ("torch", "triton", "effdrop", "effdrop_compile", "effdrop_reduce_overhead")  # op backends; step providers
+# the training-step targets of CUDA-graph replay: (what, provider, baseline, key, minimum ratio)
+E2E_TARGETS = (("step vs the eager twin", "effdrop_reduce_overhead", "torch_modules", "time", 1.3),
+               ("step vs the twin, reduce-overhead", "effdrop_reduce_overhead", "torch_modules_reduce_overhead",
+                "time", 1.0),
+               ("peak memory vs the twin, reduce-overhead", "effdrop_reduce_overhead",
+                "torch_modules_reduce_overhead", "peak_mem_bytes", 1 / 0.75))
 ORDER = {  # display order; values not listed follow, in the order they appear
     "op": ("drop_neuron", "drop_channel", "drop_path", "drop_layer", "norm_act_drop", "norm_act_drop_eval", "e2e"),
     "shape_name": ("small", "cpu4m", "cifar", "bn256", "large"),
@@ -293,6 +299,35 @@ def headline_rows(recs: list) -> tuple:
     return ops, steps
 
 
+def e2e_targets(recs: list) -> list:
+    """Table lines of the CUDA-graph training-step targets per (model, dtype) that ran the package's
+    ``reduce-overhead`` provider: each ratio (baseline / package; a peak-memory ratio of 1.33 is 25 % less
+    memory), its target and whether it was met; and the peak memory of every e2e model's providers
+    (WRN-28-10's eager steps among them)."""
+    rows = group([r for r in recs if r.get("op") == "e2e"]).get("e2e", {})
+    body = []
+    for (shape, dtype, _), by_provider in rows.items():
+        if "effdrop_reduce_overhead" not in by_provider:
+            continue
+        for what, provider, baseline, key, target in E2E_TARGETS:
+            mine, theirs = by_provider.get(provider), by_provider.get(baseline)
+            value = None if mine is None or theirs is None or not mine.get(key) or theirs.get(key) is None \
+                else theirs[key] / mine[key]
+            verdict = "–" if value is None else ("met" if value >= target else "**missed**")
+            body.append([shape, dtype, what, f"{provider} vs {baseline}", _times(value), f">= {_times(target)}",
+                         verdict])
+    peaks = [[shape, dtype, *(f"{p}: {_bytes(r.get('peak_mem_bytes'))}" for p, r in by_provider.items()
+                             if r.get("peak_mem_bytes") is not None)]
+             for (shape, dtype, _), by_provider in rows.items()]
+    peaks = [row for row in peaks if len(row) > 2]
+    lines = _table(["model", "dtype", "target", "provider vs baseline", "ratio", "target", "verdict"], body) if body else []
+    if peaks:
+        width = max(len(row) for row in peaks)
+        lines += ([""] if lines else []) + _table(["model", "dtype", *["peak memory"] * (width - 2)],
+                                                  [row + [""] * (width - len(row)) for row in peaks])
+    return lines
+
+
 def headline(recs: list) -> list:
     ops, steps = headline_rows(recs)
     graphs = has_graphs(recs)
@@ -375,6 +410,11 @@ def to_markdown(recs: list, stat: str = "median", meta=(), chart=None) -> str:
         lines += ["", "## Headline", "",
                   f"Speed-up = baseline time / provider time (> 1: this package is faster), same run, same device{graphs}.",
                   "", *top]
+    targets = e2e_targets(recs)
+    if targets:
+        lines += ["", "## Training-step targets", "",
+                  "Ratios = baseline / package (time: > 1 is faster; peak memory: > 1 is less), same run.", "",
+                  *targets]
     if chart:
         lines += ["", f"![speed-ups and memory ratios]({chart})" if chart.endswith(".png") else chart]
     for op, rows in group(recs).items():
@@ -461,7 +501,8 @@ def main(argv=None) -> None:
         sys.exit(f"{', '.join(args.results)}: no timed effdrop_triton benchmarks "
                  "(written with --benchmark-json, and not with --benchmark-disable?)")
     if args.headline:
-        print("\n".join(headline(recs)))
+        targets = e2e_targets(recs)
+        print("\n".join(headline(recs) + (["", "Training-step targets (baseline / package):", *targets] if targets else [])))
         return
     chart_path = None if args.no_plot else args.plot or (os.path.splitext(args.out)[0] + ".png" if args.out else None)
     chart = None

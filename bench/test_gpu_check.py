@@ -12,7 +12,7 @@ import pytest
 
 SCRIPT = Path(__file__).with_name("gpu_check.sh")
 ROOT = SCRIPT.parent.parent
-STAGES = ("install", "versions", "cuda-tests", "benchmarks", "report")
+STAGES = ("install", "versions", "cuda-tests", "e2e", "benchmarks", "report")
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
                                 reason="needs bash and coreutils' timeout")

@@ -207,6 +207,31 @@ def test_training_step_providers_and_references():
     assert "| e2e | wrn10_2-b8 | fp32 | effdrop vs torch_modules | 100 ms (80 img/s) | **2.00×** | – vs – | – |" in text
 
 
+def test_training_step_targets_of_graph_replay():
+    """The reduce-overhead provider's three targets, from one run: 1.3x the eager twin's step, 1.0x the
+    twin's own reduce-overhead step, 25 % less peak memory than it; and every model's peak memory."""
+    def step(provider, seconds, peak, shape="wrn16_8-b128", reference=None):
+        return _bench(provider, seconds, pass_="step", op="e2e", dtype="bf16", shape_name=shape, bytes_moved=None,
+                      baselines=["torch_modules", "torch_modules_compile", "torch_modules_reduce_overhead"],
+                      images=128, peak_mem_bytes=peak, reference=reference)
+
+    docs = [step("torch_modules", 0.012, 6 * 2**30), step("torch_modules_reduce_overhead", 0.008, 4 * 2**30),
+            step("effdrop_reduce_overhead", 0.010, 2 * 2**30, reference="torch_modules_reduce_overhead"),
+            step("torch_modules", 0.5, 20 * 2**30, shape="wrn28_10-b128"),
+            step("effdrop", 0.4, 12 * 2**30, shape="wrn28_10-b128", reference="torch_modules")]
+    lines = report.e2e_targets(report.records({"benchmarks": docs}, "mean"))
+    text = "\n".join(lines)
+    # 12 / 10 ms = 1.2x < 1.3x; 8 / 10 ms = 0.8x < 1.0x; 4 GiB / 2 GiB = 2x >= 1.33x (50 % less)
+    assert "| wrn16_8-b128 | bf16 | step vs the eager twin | effdrop_reduce_overhead vs torch_modules | 1.20× | " \
+           ">= 1.30× | **missed** |" in text
+    assert "| step vs the twin, reduce-overhead | effdrop_reduce_overhead vs torch_modules_reduce_overhead | " \
+           "0.80× | >= 1.00× | **missed** |" in text
+    assert "| peak memory vs the twin, reduce-overhead | effdrop_reduce_overhead vs torch_modules_reduce_overhead " \
+           "| 2.00× | >= 1.33× | met |" in text
+    assert "| wrn28_10-b128 | bf16 | torch_modules: 20 GiB | effdrop: 12 GiB |" in text
+    assert "## Training-step targets" in report.to_markdown(report.records({"benchmarks": docs}, "mean"), "mean")
+
+
 def test_eval_op_forward_only():
     docs = [_bench(p, t, op="norm_act_drop_eval", baselines=["eager_bn_relu_dropout2d"], saved_bytes=0)
             for p, t in (("torch", 2e-3), ("eager_bn_relu_dropout2d", 3e-3))]

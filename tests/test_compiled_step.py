@@ -9,7 +9,6 @@ Triton kernels themselves (``triton_kernel_wrapper_functional``) and no effdrop 
 """
 
 import copy
-import logging
 
 import pytest
 import torch
@@ -193,74 +192,108 @@ def test_activation_checkpointing_inside_a_compiled_step_recomputes_the_masks():
         torch.testing.assert_close(grad, grad_ref)
 
 
-# --- the Triton path, traced on fake CUDA tensors ---------------------------------------------------
+# --- the Triton path, traced on fake tensors ---------------------------------------------------------
+
+class H100Target:
+    """Stands in for Triton's GPU driver: the kernels' mutation analysis compiles them for an H100."""
+
+    def get_current_target(self):
+        from triton.backends.compiler import GPUTarget
+
+        return GPUTarget("cuda", 90, 32)
+
 
 @pytest.fixture
-def fake_cuda(monkeypatch):
-    """FakeTensorMode with CUDA tensors (no GPU needed); the backend takes the device as supported."""
+def triton_path(monkeypatch):
+    """Fake tensors on which the ops take the Triton path and trace it (``wrap_triton`` launches), with no
+    GPU: the backend is told the kernels can run, and the analysis of what each kernel writes compiles it
+    for an H100. Fake CPU tensors, so that the autograd engine traces backward too."""
+    triton = pytest.importorskip("triton")
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from effdrop_triton import backend
+
+    monkeypatch.setattr(backend, "_interpret", True)
+    monkeypatch.setattr(backend, "kernels_traceable", lambda: True)
+    monkeypatch.setattr(triton.runtime.driver, "_active", H100Target())
+    with FakeTensorMode(), ed.use_backend("triton"):
+        yield
+
+
+def kernels_and_ops(recorder):
+    calls = recorder.calls()
+    kernels = [node for node in calls if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional]
+    return kernels, [str(node.target) for node in calls if "effdrop" in str(node.target)]
+
+
+# every level at block order 0 (the fused norm-act-drop ops), and every family at order 2 (the plain ops):
+# each case compiles its kernels for the mutation analysis (5-9 s)
+TRITON_PATH_CASES = [case for case in LEVELS if case[1] == 0] + [(name, 2, "channel") for name in sorted(TINY)]
+
+
+@pytest.mark.parametrize("name,block_type,drop_type", TRITON_PATH_CASES)
+def test_triton_path_training_step_graphs_hold_the_kernels(triton_path, name, block_type, drop_type):
+    """Forward, loss and backward on the Triton path: every dropout op became its kernels in both graphs,
+    no effdrop op is left opaque, nothing reads a device value on the host, and the only graph inputs a
+    kernel writes are the running statistics (no hidden copy of an activation)."""
+    model = tiny(name, block_type, drop_type)
+    images, targets = torch.randn(4, 3, 32, 32), torch.arange(4) % NUM_CLASSES
+    recorder = GraphRecorder()
+    compiled = torch.compile(model, backend=recorder.backend, fullgraph=True)
+    F.cross_entropy(compiled(images), targets).backward()
+    assert len(recorder.graphs) == 2
+    kernels, effdrop = kernels_and_ops(recorder)
+    assert kernels and not effdrop, effdrop
+    assert not host_syncs(recorder.calls())
+    forward, backward = recorder.graphs
+    written_inputs = {name for node in kernels for name in node.kwargs["tensors_to_clone"]
+                      if node.kwargs["kwargs"][name].op == "placeholder"}
+    assert written_inputs <= {"running_mean_ptr", "running_var_ptr"}, written_inputs
+
+
+def test_compiled_conv_block_saves_what_the_eager_op_saves(triton_path):
+    """``norm_act_drop_conv2d`` decomposed into its kernels keeps its memory scheme under inductor's
+    partitioner: the forward graph saves the block input, the statistics, the parameters and the seed,
+    never the convolution's input, which backward rebuilds with the apply kernel."""
+    from functorch.compile import min_cut_rematerialization_partition
+
+    block = ed.ConvBlock(16, 16, 3, padding=1, block_type=0, drop_type="channel", drop_rate=0.1)
+    x = torch.randn(8, 16, 8, 8, requires_grad=True)
+    graphs = []
+
+    def record(gm, example_inputs):
+        graphs.append(gm)
+        return make_boxed_func(gm.forward)
+
+    backend = aot_autograd(fw_compiler=record, bw_compiler=record, partition_fn=min_cut_rematerialization_partition)
+    torch.compile(block, backend=backend, fullgraph=True)(x).sum().backward()
+    forward, backward = graphs
+    saved = [node for node in backward.graph.nodes if node.op == "placeholder" and "tangents" not in node.name]
+    shapes = sorted(tuple(node.meta["val"].shape) for node in saved)
+    assert shapes == sorted([(8, 16, 8, 8), (16, 16, 3, 3), (16,), (16,), (2, 1, 16), ()]), shapes
+    rebuilds = [node for node in backward.graph.nodes
+                if node.target is torch.ops.higher_order.triton_kernel_wrapper_functional]
+    assert len(rebuilds) == 3  # the apply pass once more, then the two backward passes
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_cuda_forward_graph_launches_the_triton_kernels(monkeypatch, name):
+    """The same on fake CUDA tensors (forward only: the autograd engine needs a real GPU for CUDA
+    tensors): kernels, no effdrop op, and no read of a device value or copy to the host."""
     pytest.importorskip("triton")
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from effdrop_triton import backend
 
     monkeypatch.setitem(backend._supported_cuda_devices, 0, True)
-    # without a GPU, the kernels' mutation analysis cannot compile them: every argument counts as written
-    logging.getLogger("torch._higher_order_ops.triton_kernel_wrap").setLevel(logging.ERROR)
-    with FakeTensorMode(), torch.device("cuda"):
-        yield
-
-
-def kernels_and_ops(recorder):
-    kernels = [node for node in recorder.calls() if "triton_kernel_wrapper" in str(node.target)]
-    effdrop = [str(node.target) for node in recorder.calls() if "effdrop" in str(node.target)]
-    return kernels, effdrop
-
-
-@pytest.mark.parametrize("name,block_type,drop_type", [case for case in LEVELS if case[1] in (0, 2)])
-def test_cuda_forward_graph_launches_the_triton_kernels(fake_cuda, name, block_type, drop_type):
-    """A training-mode forward (and loss) on the Triton path: every dropout op became its kernels, no
-    effdrop op is left opaque, and nothing reads a device value on the host."""
-    with ed.use_backend("triton"):
-        model = tiny(name, block_type, drop_type)
+    monkeypatch.setattr(backend, "kernels_traceable", lambda: True)
+    with FakeTensorMode(), torch.device("cuda"), ed.use_backend("triton"):
+        model = tiny(name, 0, "channel")
         images, targets = torch.randn(4, 3, 32, 32), torch.arange(4) % NUM_CLASSES
         recorder = GraphRecorder()
         step = torch.compile(lambda x, y: F.cross_entropy(model(x), y), backend=recorder.backend, fullgraph=True)
         with torch.no_grad():
-            loss = step(images, targets)
-    assert loss.is_cuda
-    kernels, effdrop = kernels_and_ops(recorder)
-    assert kernels and not effdrop, effdrop
-    assert not host_syncs(recorder.calls())
-
-
-def _backward_calls(x, shortcut, seed):
-    """The backward ops, called as their autograd formulas call them (Triton path)."""
-    ops = torch.ops.effdrop
-    C = x.shape[1]
-    weight, bias = torch.ones(C), torch.zeros(C)
-    stats = torch.stack((x.mean((0, 2, 3)), x.var((0, 2, 3)))).view(2, 1, C)
-    return {
-        "drop_neuron": lambda: ops.drop_neuron(x, seed, 0.1, True),
-        "drop_channel": lambda: ops.drop_channel(x, seed, 0.1, True),
-        "drop_path_groups": lambda: ops.drop_path_groups(x, seed, 0.1, 4, True, True),
-        "drop_path_split": lambda: ops.drop_path_split(x, seed, 0.1, True, [C // 2, C // 2], True),
-        "layer_gate": lambda: ops.layer_gate(x, seed, 0.1, True, True),
-        "norm_act_drop_backward": lambda: ops.norm_act_drop_backward(shortcut, x, weight, bias, stats, seed, 0, 1e-5,
-                                                                     True, 2, 0.1, True, True),
-        "norm_act_drop_backward neuron, GroupNorm": lambda: ops.norm_act_drop_backward(
-            shortcut, x, weight, bias, torch.zeros(2, x.shape[0], 4), seed, 4, 1e-5, True, 1, 0.1, True, True),
-    }
-
-
-@pytest.mark.parametrize("case", sorted(_backward_calls(*[torch.zeros(2, 8, 2, 2)] * 2, torch.zeros((), dtype=torch.int64))))
-def test_cuda_backward_ops_become_their_kernels(fake_cuda, case):
-    """The backward formulas' ops on the Triton path trace into kernels too (the autograd engine itself
-    needs a real GPU, so each is traced on its own)."""
-    x, shortcut = torch.randn(4, 8, 6, 6), torch.randn(4, 8, 6, 6)
-    seed = torch.randint(0, 2**62, (), dtype=torch.int64)
-    call = _backward_calls(x, shortcut, seed)[case]
-    recorder = GraphRecorder()
-    torch.compile(call, backend=recorder.backend, fullgraph=True)()
+            assert step(images, targets).is_cuda
     kernels, effdrop = kernels_and_ops(recorder)
     assert kernels and not effdrop, effdrop
     assert not host_syncs(recorder.calls())
