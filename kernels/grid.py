@@ -5,15 +5,30 @@ releases: called from Python they cost about 2 µs each, and a launcher makes up
 such calls per launch, which adds up at the small shapes where host time is the whole cost.
 """
 
-from torch._C import _len_torch_dispatch_stack
+import contextlib
+import threading
+
 from torch.library import wrap_triton
+
+_traced = threading.local()
+
+
+@contextlib.contextmanager
+def traced_launches():
+    """Within: the launches are being traced into a graph (an op's functionalization rule runs its
+    implementation under ``torch.compile``)."""
+    previous = getattr(_traced, "active", False)
+    _traced.active = True
+    try:
+        yield
+    finally:
+        _traced.active = previous
 
 
 def launcher(kernel):
-    """``kernel`` itself for an eager launch; ``wrap_triton(kernel)`` while an op's body is traced (a
-    dispatch mode is active: functionalization under ``torch.compile``, fake tensors), so that the graph
-    records the launch and a compiled graph makes it."""
-    return wrap_triton(kernel) if _len_torch_dispatch_stack() else kernel
+    """``kernel`` itself for an eager launch; ``wrap_triton(kernel)`` while the launch is traced, so that
+    the graph records it and the compiled graph makes it."""
+    return wrap_triton(kernel) if getattr(_traced, "active", False) else kernel
 
 
 def cdiv(a: int, b: int) -> int:

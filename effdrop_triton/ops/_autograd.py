@@ -26,6 +26,7 @@ from torch import nn
 from torch._subclasses.functional_tensor import FunctionalTensorMode
 
 from .. import backend
+from ..kernels.grid import traced_launches
 
 _is_compiling = torch.compiler.is_compiling
 _dispatch_modes = torch._C._len_torch_dispatch_stack
@@ -86,7 +87,7 @@ def _decompose_on_triton(impl: Callable):
 
     def functionalize(mode, op, types, args, kwargs):
         if args[-1] and backend.kernels_traceable():
-            with mode:
+            with mode, traced_launches():
                 return impl(*args, **kwargs)
         return mode.__torch_dispatch__(op, types, args, kwargs)
 
