@@ -36,7 +36,8 @@ INTERPRET_TESTS := $(wildcard tests/test_*interpret*.py)
 test-interpret: install
 	TRITON_INTERPRET=1 $(PY) -m pytest $(INTERPRET_TESTS) -q
 
-# the kernels under the older Triton too: interpreter parity and sm_90 compilation
+# the kernels under the older Triton too: interpreter parity, sm_90 compilation, and the Triton path
+# traced into compiled graphs (wrap_triton's analysis of what each kernel writes compiles it)
 $(VENV)/triton-old/.installed: $(VENV)/.installed
 	$(PY) -m pip install --quiet --no-deps --target $(VENV)/triton-old $(TRITON_OLD)
 	touch $@
@@ -45,6 +46,8 @@ test-triton-old: $(VENV)/triton-old/.installed
 	PYTHONPATH=$(VENV)/triton-old $(PY) -c "import triton; print(\"Triton\", triton.__version__)"
 	TRITON_INTERPRET=1 PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest $(INTERPRET_TESTS) -q -p no:cacheprovider
 	PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest tests/test_kernels_compile.py -q -p no:cacheprovider
+	PYTHONPATH=$(VENV)/triton-old $(PY) -m pytest tests/test_compiled_step.py -q -p no:cacheprovider \
+		-k "triton_path or conv_block or cuda_forward"
 
 # the benchmark suites in a reduced form (smallest shape, no timing) so they cannot rot, the report
 # tests, and bench/gpu_check.sh --dry-run end to end

@@ -2,9 +2,10 @@
 
 Each op takes the seed as a 0-d int64 tensor and a ``use_triton`` flag fixed at call
 time, so backward runs on the backend its forward ran on and regenerates the mask
-from the seed; nothing per element is saved for backward. ``_autograd.call`` runs an op's
+from the seed; nothing per element is saved for backward. ``_autograd.Op`` runs an op's
 implementation and formulas directly when nothing traces the call (the custom-op dispatch
-costs more host time than the kernels at CIFAR shapes); ``torch.compile`` sees the op.
+costs more host time than the kernels at CIFAR shapes); ``torch.compile`` sees the op, and on
+the Triton path its kernels (the op decomposes into ``wrap_triton`` launches).
 """
 
 from . import drop_channel, drop_layer, drop_neuron, drop_path  # noqa: F401  (registers the ops)
