@@ -319,7 +319,8 @@ def e2e_targets(recs: list) -> list:
                              if r.get("peak_mem_bytes") is not None)]
              for (shape, dtype, _), by_provider in rows.items()]
     peaks = [row for row in peaks if len(row) > 2]
-    lines = _table(["model", "dtype", "target", "provider vs baseline", "ratio", "target", "verdict"], body) if body else []
+    header = ["model", "dtype", "target", "provider vs baseline", "ratio", "target", "verdict"]
+    lines = _table(header, body) if body else []
     if peaks:
         width = max(len(row) for row in peaks)
         lines += ([""] if lines else []) + _table(["model", "dtype", *["peak memory"] * (width - 2)],
@@ -501,7 +502,8 @@ def main(argv=None) -> None:
                  "(written with --benchmark-json, and not with --benchmark-disable?)")
     if args.headline:
         targets = e2e_targets(recs)
-        print("\n".join(headline(recs) + (["", "Training-step targets (baseline / package):", *targets] if targets else [])))
+        extra = ["", "Training-step targets (baseline / package):", *targets] if targets else []
+        print("\n".join(headline(recs) + extra))
         return
     chart_path = None if args.no_plot else args.plot or (os.path.splitext(args.out)[0] + ".png" if args.out else None)
     chart = None

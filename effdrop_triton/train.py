@@ -65,8 +65,8 @@ NET_TYPES = {"resnet": "preresnet"}
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GRAPH_MODES = ("reduce-overhead", "max-autotune")  # the modes that record CUDA graphs
 # settings a resumed run may change: where and how it runs, and --epochs (the schedule is recomputed)
-RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "name", "workers", "no_progress", "log_all_ranks", "compile", "compile_mode",
-                     "data_dir", "download", "device"}
+RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "name", "workers", "no_progress", "log_all_ranks", "compile",
+                     "compile_mode", "data_dir", "download", "device"}
 
 
 class UsageError(Exception):

@@ -65,4 +65,5 @@ def drop_layer_triton(branch: torch.Tensor, shortcut: torch.Tensor, out: torch.T
         return
     M = numel // N
     grid, num_blocks, meta = _plan(N, M, per_sample)
-    launcher(_drop_layer_kernel)[grid](branch, shortcut, out, seed, N, M, num_blocks, unit_threshold(p), keep_scale(p), **meta)
+    launcher(_drop_layer_kernel)[grid](branch, shortcut, out, seed, N, M, num_blocks, unit_threshold(p), keep_scale(p),
+                                       **meta)

@@ -10,25 +10,29 @@ import threading
 
 from torch.library import wrap_triton
 
-_traced = threading.local()
+class _Tracing(threading.local):
+    active = False  # a class default: reading it costs no AttributeError on a thread that never set it
+
+
+_tracing = _Tracing()
 
 
 @contextlib.contextmanager
 def traced_launches():
     """Within: the launches are being traced into a graph (an op's functionalization rule runs its
     implementation under ``torch.compile``)."""
-    previous = getattr(_traced, "active", False)
-    _traced.active = True
+    previous = _tracing.active
+    _tracing.active = True
     try:
         yield
     finally:
-        _traced.active = previous
+        _tracing.active = previous
 
 
 def launcher(kernel):
     """``kernel`` itself for an eager launch; ``wrap_triton(kernel)`` while the launch is traced, so that
     the graph records it and the compiled graph makes it."""
-    return wrap_triton(kernel) if getattr(_traced, "active", False) else kernel
+    return wrap_triton(kernel) if _tracing.active else kernel
 
 
 def cdiv(a: int, b: int) -> int:

@@ -719,8 +719,8 @@ def norm_act_drop_fwd_triton(x: torch.Tensor, weight, bias, stats: torch.Tensor,
         kernel = _norm_act_drop_neuron_fwd_kernel
     else:
         kernel, meta = _norm_act_drop_fwd_kernel, dict(meta, DROP=drop)
-    launcher(kernel)[grid](x, out, stats, weight, bias, seed_ptr, *head, G, eps, *tail, threshold, dscale, ACT=act, **norm,
-                 **meta)
+    launcher(kernel)[grid](x, out, stats, weight, bias, seed_ptr, *head, G, eps, *tail, threshold, dscale, ACT=act,
+                           **norm, **meta)
     return out
 
 
@@ -785,9 +785,9 @@ def norm_act_drop_bwd_triton(grad: torch.Tensor, x: torch.Tensor, weight, bias, 
     else:
         sums_kernel, dx_kernel, drop_meta = _norm_act_drop_bwd_sums_kernel, _norm_act_drop_bwd_dx_kernel, dict(DROP=drop)
     grid, head, tail, meta = sums_pass
-    launcher(sums_kernel)[grid](x, dy, sums, stats, weight, bias, seed_ptr, *head, G, eps, *tail, threshold, dscale, ACT=act,
-                 **norm, **drop_meta, **meta)
+    launcher(sums_kernel)[grid](x, dy, sums, stats, weight, bias, seed_ptr, *head, G, eps, *tail, threshold, dscale,
+                                ACT=act, **norm, **drop_meta, **meta)
     grid, head, tail, meta = dx_pass
-    launcher(dx_kernel)[grid](x, dy, dx, stats, weight, bias, sums, seed_ptr, *head, G, eps, *tail, threshold, dscale, ACT=act,
-                 COUPLED=coupled, **norm, **drop_meta, **meta)
+    launcher(dx_kernel)[grid](x, dy, dx, stats, weight, bias, sums, seed_ptr, *head, G, eps, *tail, threshold, dscale,
+                              ACT=act, COUPLED=coupled, **norm, **drop_meta, **meta)
     return dx, sums[:2 * C].view(2, C)
