@@ -4,8 +4,9 @@ captured graphs that a CUDA graph refuses, and the compiled step equal to the ea
 On the CPU the ops take the fallback, which stays one opaque node per op; what a CUDA graph needs
 of the rest of the step (forward, loss, backward, optimizer) is checked in the graphs that
 ``aot_autograd`` captures: no ``_local_scalar_dense`` (``.item()``), no ``nonzero``, no copy to the
-host. On fake CUDA tensors the same forward takes the Triton path, and there the graph holds the
-Triton kernels themselves (``triton_kernel_wrapper_functional``) and no effdrop op.
+host. On fake tensors the same step takes the Triton path (no GPU needed: the backend is told the
+kernels can run), and there the graphs hold the Triton kernels themselves
+(``triton_kernel_wrapper_functional``), no effdrop op, and the seeds drawn inside the graph.
 """
 
 import copy
@@ -94,8 +95,8 @@ def training_step(model, optimizer_step, images, targets):
 
 
 def compare_steps(name, block_type, drop_type, compile_model, compile_step=lambda step: step, seeds=(7, 8)):
-    """Two eager steps against two compiled steps of a copy, with the same seeds: logits, every
-    gradient, the updated weights and the BatchNorm buffers."""
+    """Eager steps against compiled steps of a copy, one per seed in ``seeds``: logits, every gradient,
+    then the updated weights and the BatchNorm buffers."""
     eager = tiny(name, block_type, drop_type)
     compiled = copy.deepcopy(eager)
     images, targets = batch()
@@ -236,8 +237,9 @@ TRITON_PATH_CASES = [case for case in LEVELS if case[1] == 0] + [(name, 2, "chan
 @pytest.mark.parametrize("name,block_type,drop_type", TRITON_PATH_CASES)
 def test_triton_path_training_step_graphs_hold_the_kernels(triton_path, name, block_type, drop_type):
     """Forward, loss and backward on the Triton path: every dropout op became its kernels in both graphs,
-    no effdrop op is left opaque, nothing reads a device value on the host, and the only graph inputs a
-    kernel writes are the running statistics (no hidden copy of an activation)."""
+    no effdrop op is left opaque, nothing reads a device value on the host, the only graph inputs a
+    kernel writes are the running statistics (no hidden copy of an activation), and the seeds are drawn
+    in the forward graph (fresh on every replay) and reused, not redrawn, by backward."""
     model = tiny(name, block_type, drop_type)
     images, targets = torch.randn(4, 3, 32, 32), torch.arange(4) % NUM_CLASSES
     recorder = GraphRecorder()
@@ -248,6 +250,9 @@ def test_triton_path_training_step_graphs_hold_the_kernels(triton_path, name, bl
     assert kernels and not effdrop, effdrop
     assert not host_syncs(recorder.calls())
     forward, backward = recorder.graphs
+    seed_draws = [[node for node in gm.graph.nodes if node.op == "call_function" and "randint" in str(node.target)]
+                  for gm in (forward, backward)]
+    assert seed_draws[0] and not seed_draws[1], seed_draws
     written_inputs = {name for node in kernels for name in node.kwargs["tensors_to_clone"]
                       if node.kwargs["kwargs"][name].op == "placeholder"}
     assert written_inputs <= {"running_mean_ptr", "running_var_ptr"}, written_inputs
