@@ -87,40 +87,60 @@ def _cuda_device_supported(index: int) -> bool:
     return _supported_cuda_devices[index]
 
 
-def _why_not_triton(tensor: torch.Tensor):
-    """Why the Triton kernels cannot run on ``tensor``, or None when they can."""
+def _why_not_triton(device: torch.device, dtype: torch.dtype):
+    """Why the Triton kernels cannot run on tensors of ``dtype`` on ``device``, or None when they can."""
     global _interpret
-    if tensor.dtype not in TRITON_DTYPES:
-        return f"the Triton kernels take fp32/fp16/bf16, not {tensor.dtype}"
+    if dtype not in TRITON_DTYPES:
+        return f"the Triton kernels take fp32/fp16/bf16, not {dtype}"
     if not has_triton():
         return "triton is not installed (or fails to import)"
     if _interpret is None:
         _interpret = _interpreting()
     if _interpret:
         return None
-    if not tensor.is_cuda:
-        return f"Triton cannot run on device {tensor.device} (set TRITON_INTERPRET=1 for the CPU interpreter)"
-    if not _cuda_device_supported(tensor.get_device()):
-        return f"{torch.cuda.get_device_name(tensor.device)} is older than compute capability {MIN_CUDA_CAPABILITY}"
+    if device.type != "cuda":
+        return f"Triton cannot run on device {device} (set TRITON_INTERPRET=1 for the CPU interpreter)"
+    index = torch.cuda.current_device() if device.index is None else device.index
+    if not _cuda_device_supported(index):
+        return f"{torch.cuda.get_device_name(index)} is older than compute capability {MIN_CUDA_CAPABILITY}"
     return None
 
 
 def triton_supports(tensor: torch.Tensor) -> bool:
     """True when the Triton kernels can run on ``tensor``."""
-    return _why_not_triton(tensor) is None
+    return _why_not_triton(tensor.device, tensor.dtype) is None
+
+
+def _decide(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
+    reason = _why_not_triton(device, dtype)
+    if reason is not None and backend == "triton":
+        raise RuntimeError(f"backend 'triton' was requested but {reason}; use set_backend('auto') or 'torch'")
+    return reason is None
+
+
+def _decide_constant(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """``_decide`` as a constant of a traced graph, made when it is traced: dynamo then guards on the
+    backend name alone, not on the caches the decision fills in (a guard on a cache that the first
+    trace fills in would fail at the second call and compile the model again), and never traces the
+    CUDA device queries."""
+    return _decide(backend, device, dtype)
+
+
+# the mark torch.compiler.assume_constant_result sets, set here without importing torch._dynamo (which
+# imports Triton); tests/test_compiled_step.py checks that it is that decorator's mark
+_decide_constant._dynamo_marked_constant = True
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
     """Decide the backend for one call; raises when ``"triton"`` is forced but cannot run."""
     if _backend == "torch":
         return False
+    if torch.compiler.is_compiling():
+        return _decide_constant(_backend, tensor.device, tensor.dtype)
     if _has_triton and tensor.dtype in TRITON_DTYPES:  # the common cases, decided by an earlier call
         if _interpret or (tensor.is_cuda and _supported_cuda_devices.get(tensor.get_device())):
             return True
-    reason = _why_not_triton(tensor)
-    if reason is not None and _backend == "triton":
-        raise RuntimeError(f"backend 'triton' was requested but {reason}; use set_backend('auto') or 'torch'")
-    return reason is None
+    return _decide(_backend, tensor.device, tensor.dtype)
 
 
 def triton_kernels(name: str):

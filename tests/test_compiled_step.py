@@ -160,6 +160,31 @@ def test_inductor_training_step_equals_eager(name, block_type, drop_type):
         compare_steps(name, block_type, drop_type, lambda m: torch.compile(m, fullgraph=True), seeds=(7,))
 
 
+def test_the_backend_choice_compiles_once_and_is_guarded(monkeypatch):
+    """The backend decision is a constant of the traced graph: the caches the first decision fills in
+    (Triton importable, ``TRITON_INTERPRET``) do not fail a guard and compile the model again at its
+    second call; changing the backend does compile it again."""
+    from torch._dynamo.utils import counters
+
+    from effdrop_triton import backend
+
+    monkeypatch.setattr(backend, "_has_triton", None)
+    monkeypatch.setattr(backend, "_interpret", None)
+    counters.clear()
+    compiled = torch.compile(tiny("wrn", 0, "channel"), backend="eager", fullgraph=True)
+    images, _ = batch()
+    compiled(images)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        compiled(images)
+    assert counters["stats"]["unique_graphs"] == 1
+    with ed.use_backend("torch"):
+        compiled(images)
+    assert counters["stats"]["unique_graphs"] == 2
+    marked = torch.compiler.assume_constant_result(lambda: None)
+    assert all(getattr(marked, key) == getattr(backend._decide_constant, key) for key in vars(marked)), \
+        "backend._decide_constant lacks assume_constant_result's mark"
+
+
 def test_activation_checkpointing_inside_a_compiled_step_recomputes_the_masks():
     """A checkpointed dropout region inside a compiled model: backward's recomputation draws the same
     masks as the forward (the seed comes from the restored generator), so the gradients equal eager
