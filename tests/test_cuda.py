@@ -265,8 +265,8 @@ def _small_zoo_model():
 
 def test_reduce_overhead_step_replays_without_cudagraph_skips_or_syncs():
     """Model and optimizer step compiled with ``mode="reduce-overhead"`` on the Triton path: inductor skips no
-    graph (a skip counts every op cudagraph trees refuse), replays draw fresh masks, ``torch.manual_seed``
-    reproduces the sequence, and a replayed step synchronizes nothing."""
+    graph (a skip counts every op cudagraph trees refuse), a replayed step synchronizes nothing, and with the
+    weights held still two replays draw different masks while ``torch.manual_seed`` reproduces one."""
     from torch._dynamo.utils import counters
 
     torch._dynamo.reset()
@@ -279,18 +279,22 @@ def test_reduce_overhead_step_replays_without_cudagraph_skips_or_syncs():
     with ed.use_backend("triton"):
         for _ in range(3):  # warm-up, record, replay
             _graph_step(compiled, optimizer_step, x, target)
-        assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
-        torch.manual_seed(7)
-        first, _ = _graph_step(compiled, optimizer_step, x, target)
-        second, _ = _graph_step(compiled, optimizer_step, x, target)
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:
             _graph_step(compiled, optimizer_step, x, target)
         finally:
             torch.cuda.set_sync_debug_mode("default")
+        assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+        hold_still = lambda: None  # noqa: E731  (no optimizer step: only the masks change)
+        torch.manual_seed(7)
+        first, _ = _graph_step(compiled, hold_still, x, target)
+        second, _ = _graph_step(compiled, hold_still, x, target)
+        torch.manual_seed(7)
+        again, _ = _graph_step(compiled, hold_still, x, target)
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
     assert not torch.equal(first, second), "a replay reused the recorded masks"
+    assert torch.equal(first, again), "torch.manual_seed did not reproduce the replay"
 
 
 def test_reduce_overhead_gradients_equal_an_eager_step_with_the_same_seeds():
