@@ -28,6 +28,7 @@ one forward of the model) and, on CUDA, peak_mem_bytes (``torch.cuda.max_memory_
 over one step: weights, gradients, momentum and activations).
 """
 
+import gc
 import time
 
 import pytest
@@ -122,6 +123,10 @@ def test_e2e_step(request, record, device, dtype, model_id, provider):
             pytest.skip(f"{left:.0f} s of the --bench-budget left: a compile takes minutes, needs {COMPILE_RESERVE} s")
 
     name, builder, kwargs, batch = config
+    # every case from a clean slate: no compiled code and no CUDA graph pool of an earlier case (the
+    # graphs' memory stays allocated while they live, and would count in this case's peak)
+    torch._dynamo.reset()
+    gc.collect()
     torch.manual_seed(0)
     memory_format = torch.channels_last if graphs else torch.contiguous_format
     model = build_model(builder, **kwargs, **BLOCK).to(device, memory_format=memory_format)
@@ -136,7 +141,6 @@ def test_e2e_step(request, record, device, dtype, model_id, provider):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     optimizer_step = None
     if compiled:
-        torch._dynamo.reset()  # a fresh compile: the other provider's graphs share these modules' code
         run = torch.compile(model, mode=COMPILE_MODE[provider])
         if graphs:  # the whole step in graphs: the optimizer's too (its rate stays fixed here)
             optimizer_step = torch.compile(optimizer.step, mode=COMPILE_MODE[provider])
