@@ -185,6 +185,21 @@ def test_the_backend_choice_compiles_once_and_is_guarded(monkeypatch):
         "backend._decide_constant lacks assume_constant_result's mark"
 
 
+def test_ops_list_their_kernels_for_the_compile_cache_key():
+    """As a ``triton_op`` does: AOTAutograd's cache key includes the sources of the kernels each op lists,
+    so a cached compiled graph is not reused after a kernel changed."""
+    pytest.importorskip("triton")
+    from torch._library.triton import get_triton_kernels_for_op
+
+    from effdrop_triton.ops import _autograd
+
+    names = {kernel.fn.__name__ for kernel in get_triton_kernels_for_op("effdrop::drop_neuron")}
+    assert {"_drop_neuron_flat_kernel", "_unit_gate_kernel", "_drop_layer_kernel", "_partial_moments_kernel",
+            "_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"} <= names
+    for op in ("drop_channel", "drop_path_cat", "layer_gate", "norm_stats", "norm_act_drop_conv2d"):
+        assert get_triton_kernels_for_op(f"effdrop::{op}") is _autograd._PACKAGE_KERNELS
+
+
 def test_activation_checkpointing_inside_a_compiled_step_recomputes_the_masks():
     """A checkpointed dropout region inside a compiled model: backward's recomputation draws the same
     masks as the forward (the seed comes from the restored generator), so the gradients equal eager

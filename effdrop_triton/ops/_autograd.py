@@ -7,7 +7,9 @@ implementation, whose launches then go through ``torch.library.wrap_triton`` (``
 ``launcher``): the graph holds the Triton kernels themselves, inductor launches them from its own
 code, and cudagraph trees record them, as for a ``torch.library.triton_op``. On the fallback (and for
 the interpreter's kernels, which run on host memory) the op stays opaque: the fallback reads the seed
-on the host, which a graph cannot trace. Unlike ``triton_op``, registering this needs no Triton import.
+on the host, which a graph cannot trace. Unlike ``triton_op``, registering this needs no Triton import;
+like it, the op lists its kernels for the key of AOTAutograd's cache (``_PackageKernels``), so a
+cached compiled graph is not reused after a kernel's source changed.
 
 An eager call skips the dispatcher's Python layers for custom ops (autograd
 wrapper, backend wrapper, alias checks: more host time than the kernels take at CIFAR shapes):
@@ -42,6 +44,26 @@ def traced(x) -> bool:
         isinstance(x, torch.Tensor) and type(x) not in _PLAIN)
 
 
+KERNEL_MODULES = ("drop_neuron", "unit_gate", "drop_layer", "norm_stats", "norm_act_drop")
+
+
+class _PackageKernels(list):
+    """Every compiled-mode Triton kernel of the package, listed when first iterated (the kernel modules
+    import Triton): what ``torch.library.triton_op`` registers per op in ``triton_ops_to_kernels``,
+    whose sources AOTAutograd's cache key includes. All of them for every op: a change to any kernel
+    invalidates the cached graphs of every op, which is safe and simple."""
+
+    def __iter__(self):
+        from triton.runtime.jit import JITFunction  # not the interpreter's kernels: nothing compiles them
+
+        kernels = {id(kernel): kernel for name in KERNEL_MODULES
+                   for kernel in vars(backend.triton_kernels(name)).values() if isinstance(kernel, JITFunction)}
+        return iter(list(kernels.values()))
+
+
+_PACKAGE_KERNELS = _PackageKernels()
+
+
 class Op:
     """``qualname`` (schema from ``impl``'s annotations, whose last argument is ``use_triton``) with its
     fake implementation and autograd formula. Calling it runs ``impl``: through the op when traced, else
@@ -59,6 +81,7 @@ class Op:
         self.op = torch.library.custom_op(qualname, impl, mutates_args=mutates_args)
         self.op.register_fake(fake)
         self.op.register_torch_dispatch(FunctionalTensorMode, _decompose_on_triton(impl))
+        torch._library.triton.triton_ops_to_kernels[qualname] = _PACKAGE_KERNELS
         self.function = function
         self.grad_inputs = tuple(grad_inputs)
         if backward is not None:
