@@ -62,6 +62,7 @@ class _PackageKernels(list):
 
 
 _PACKAGE_KERNELS = _PackageKernels()
+_KERNEL_REGISTRY = getattr(torch._library.triton, "triton_ops_to_kernels", None)
 
 
 class Op:
@@ -81,7 +82,8 @@ class Op:
         self.op = torch.library.custom_op(qualname, impl, mutates_args=mutates_args)
         self.op.register_fake(fake)
         self.op.register_torch_dispatch(FunctionalTensorMode, _decompose_on_triton(impl))
-        torch._library.triton.triton_ops_to_kernels[qualname] = _PACKAGE_KERNELS
+        if _KERNEL_REGISTRY is not None:  # where this torch release has it
+            _KERNEL_REGISTRY[qualname] = _PACKAGE_KERNELS
         self.function = function
         self.grad_inputs = tuple(grad_inputs)
         if backward is not None:
