@@ -112,31 +112,27 @@ def triton_supports(tensor: torch.Tensor) -> bool:
 
 
 def _decide(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
+    """The backend decision; under ``torch.compile`` a constant of the graph, made when it is traced:
+    dynamo then guards on the backend name alone, not on the caches the decision fills in (a guard on
+    a cache that the first trace fills in would fail at the second call and compile the model again),
+    and never traces the CUDA device queries."""
     reason = _why_not_triton(device, dtype)
     if reason is not None and backend == "triton":
         raise RuntimeError(f"backend 'triton' was requested but {reason}; use set_backend('auto') or 'torch'")
     return reason is None
 
 
-def _decide_constant(backend: str, device: torch.device, dtype: torch.dtype) -> bool:
-    """``_decide`` as a constant of a traced graph, made when it is traced: dynamo then guards on the
-    backend name alone, not on the caches the decision fills in (a guard on a cache that the first
-    trace fills in would fail at the second call and compile the model again), and never traces the
-    CUDA device queries."""
-    return _decide(backend, device, dtype)
-
-
 # the mark torch.compiler.assume_constant_result sets, set here without importing torch._dynamo (which
 # imports Triton); tests/test_compiled_step.py checks that it is that decorator's mark
-_decide_constant._dynamo_marked_constant = True
+_decide._dynamo_marked_constant = True
 
 
 def use_triton(tensor: torch.Tensor) -> bool:
     """Decide the backend for one call; raises when ``"triton"`` is forced but cannot run."""
     if _backend == "torch":
         return False
-    if torch.compiler.is_compiling():
-        return _decide_constant(_backend, tensor.device, tensor.dtype)
+    if torch.compiler.is_compiling():  # past the caches: dynamo would guard on them
+        return _decide(_backend, tensor.device, tensor.dtype)
     if _has_triton and tensor.dtype in TRITON_DTYPES:  # the common cases, decided by an earlier call
         if _interpret or (tensor.is_cuda and _supported_cuda_devices.get(tensor.get_device())):
             return True

@@ -523,9 +523,10 @@ class _Trainer:
             mode = cfg.compile_mode
             self.train_model = torch.compile(self.train_model, mode=mode)
             self.eval_model = self.train_model if not info.enabled else torch.compile(self.model, mode=mode)
-            # the rate is read from a device tensor, so a new rate neither recompiles nor syncs
-            learning_rates_as_tensors(self.optimizer, self.device)
-            self.optimizer_step = torch.compile(self.optimizer.step, mode=mode)
+            if not self.scaler.is_enabled():  # fp16's scaler steps the optimizer eagerly
+                # the rate is read from a device tensor, so a new rate neither recompiles nor syncs
+                learning_rates_as_tensors(self.optimizer, self.device)
+                self.optimizer_step = torch.compile(self.optimizer.step, mode=mode)
 
     def _restore(self, ckpt: Dict) -> None:
         cfg, info = self.cfg, self.info
