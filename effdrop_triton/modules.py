@@ -7,9 +7,10 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor, nn
 
-from . import philox
+from . import masks
 from ._checks import check_groups, check_mode, check_p, resolve_seed
 from .functional import drop_channel, drop_layer, drop_neuron, drop_path
+from .levels import DropLevel
 
 
 class _Drop(nn.Module):
@@ -99,17 +100,17 @@ class Residual(nn.Module):
             return shortcut + self.branch(x)
         if self.mode == "batch":
             seed = resolve_seed(None, torch.device("cpu"))  # host generator: no device sync for the decision
-            if not bool(philox.unit_keep(torch.zeros(1, dtype=torch.int64), seed, philox.STREAM_LAYER, p)):
+            if not bool(masks.unit_keep(torch.zeros(1, dtype=torch.int64), seed, DropLevel.LAYER, p)):
                 return shortcut
             return drop_layer(self.branch(x), shortcut, p, mode="batch", seed=seed)
         seed = resolve_seed(None, x.device)
         if not self.skip_dropped:
             return drop_layer(self.branch(x), shortcut, p, mode="sample", seed=seed)
         samples = torch.arange(x.shape[0], dtype=torch.int64, device=x.device)
-        kept = philox.unit_keep(samples, seed, philox.STREAM_LAYER, p).nonzero().squeeze(1)
+        kept = masks.unit_keep(samples, seed, DropLevel.LAYER, p).nonzero().squeeze(1)
         if kept.numel() == 0:
             return shortcut
-        return shortcut.index_add(0, kept, self.branch(x.index_select(0, kept)), alpha=philox.keep_scale(p))
+        return shortcut.index_add(0, kept, self.branch(x.index_select(0, kept)), alpha=masks.keep_scale(p))
 
     def extra_repr(self) -> str:
         return f"drop_rate={self.drop_rate}, mode={self.mode!r}, skip_dropped={self.skip_dropped}"

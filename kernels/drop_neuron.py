@@ -13,7 +13,7 @@ import triton.language as tl
 from .grid import cdiv, launcher, next_power_of_2
 
 from effdrop_triton._layout import empty_dense_like, is_channels_last
-from effdrop_triton.philox import keep_scale, neuron_threshold
+from effdrop_triton.masks import keep_scale, neuron_threshold
 
 from .philox import STREAM_NEURON, philox_words, select_half_word
 

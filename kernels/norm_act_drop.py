@@ -6,7 +6,7 @@ R = N). Every pass turns them, with the affine parameters, into ``scale = weight
 ``shift = bias - mean * scale`` for its own channels, and folds dropout's ``1 / (1 - p)`` into them
 as the fallback does (``scale' = shift' = 0`` for a dropped channel), so forward and backward see
 the same affine output ``z = x * scale' + shift'`` and the same ReLU mask, and no per-channel
-table is ever built by PyTorch ops. Dropout masks follow ``effdrop_triton.philox``: drop-channel
+table is ever built by PyTorch ops. Dropout masks follow ``effdrop_triton.masks``: drop-channel
 gates unit ``n * C + c`` on the channel stream, drop-neuron takes the 16-bit number of the
 element's logical row-major index on the neuron stream.
 
@@ -24,7 +24,7 @@ import triton.language as tl
 from .grid import cdiv, launcher, next_power_of_2
 
 from effdrop_triton._layout import empty_dense, empty_dense_like, is_channels_minor, ncs
-from effdrop_triton.philox import keep_scale, neuron_threshold, unit_threshold
+from effdrop_triton.masks import keep_scale, neuron_threshold, unit_threshold
 
 from . import norm_stats
 from .norm_stats import stats_blocks
@@ -302,7 +302,7 @@ def _norm_act_drop_bwd_dx_kernel(
     tl.store(dx_ptr + n * dx_sn + c * dx_sc + s * dx_ss, dx.to(dx_ptr.dtype.element_ty), mask=in_bounds)
 
 
-# Tilings of the drop-neuron passes. 8 logical neighbours share a Philox call (``effdrop_triton.philox``), so
+# Tilings of the drop-neuron passes. 8 logical neighbours share a Philox call (``effdrop_triton.masks``), so
 # a program holds groups of 8 and each thread makes its groups' calls once, as ``drop_neuron``'s kernels do.
 ROW_GROUPS: tl.constexpr = tl.constexpr(0)  # S > 1 (NCHW, strided): 8 positions of an (n, c) row, vectors along s
 CHANNEL_VECTORS: tl.constexpr = tl.constexpr(1)  # S > 1, channels_last: 8 positions per channel, vectors along c

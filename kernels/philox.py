@@ -1,4 +1,4 @@
-"""Triton side of the counter layout documented in ``effdrop_triton.philox``.
+"""Triton side of the counter layout documented in ``effdrop_triton.masks``.
 
 ``tl.philox`` is called with explicit 32-bit counter words (never ``tl.rand`` on
 int64 offsets, whose meaning changed between Triton releases).
@@ -7,7 +7,7 @@ int64 offsets, whose meaning changed between Triton releases).
 import triton
 import triton.language as tl
 
-import effdrop_triton.philox as _streams
+from effdrop_triton.levels import DropLevel
 
 
 @triton.jit
@@ -35,7 +35,7 @@ def select_half_word(w0, w1, w2, w3, lane):
 
 
 # the level streams as compile-time constants for the kernels
-STREAM_NEURON = tl.constexpr(_streams.STREAM_NEURON)
-STREAM_CHANNEL = tl.constexpr(_streams.STREAM_CHANNEL)
-STREAM_PATH = tl.constexpr(_streams.STREAM_PATH)
-STREAM_LAYER = tl.constexpr(_streams.STREAM_LAYER)
+STREAM_NEURON = tl.constexpr(int(DropLevel.NEURON))
+STREAM_CHANNEL = tl.constexpr(int(DropLevel.CHANNEL))
+STREAM_PATH = tl.constexpr(int(DropLevel.PATH))
+STREAM_LAYER = tl.constexpr(int(DropLevel.LAYER))

@@ -15,7 +15,7 @@ import triton.language as tl
 
 from .grid import cdiv, launcher, next_power_of_2
 
-from effdrop_triton.philox import keep_scale, unit_threshold
+from effdrop_triton.masks import keep_scale, unit_threshold
 
 from effdrop_triton._layout import _ncs_geometry, ncs
 

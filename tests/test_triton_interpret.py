@@ -147,13 +147,13 @@ def _philox_words_kernel(counter_ptr, seed_ptr, out_ptr, BLOCK: tl.constexpr):
 
 
 def test_kernel_philox_matches_torch_philox():
-    from effdrop_triton import philox
+    from effdrop_triton import masks
 
     counters = torch.tensor([0, 1, 7, 2**31, 2**32 - 1, 2**32, 2**33 + 9, 2**62 + 5], dtype=torch.int64)
     seed = torch.tensor(2**63 - 12345, dtype=torch.int64)
     out = torch.empty(8, 4, dtype=torch.int64)
     _philox_words_kernel[(1,)](counters, seed, out, BLOCK=8)
-    expected = torch.stack(philox.philox_words(counters.clone(), seed, 3), dim=1)
+    expected = torch.stack(masks.philox_words(counters.clone(), seed, 3), dim=1)
     assert torch.equal(out, expected)
 
 

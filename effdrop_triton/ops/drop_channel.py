@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from .. import philox
+from .. import masks
 from .._layout import as_ncs, empty_dense_like, ncs
 from ..backend import triton_kernels
 from ._autograd import self_adjoint
 from .unit_gate import unit_gate_torch
+from ..levels import DropLevel
 
 kernels = triton_kernels("unit_gate")
 
@@ -16,10 +17,10 @@ kernels = triton_kernels("unit_gate")
 def _drop_channel(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
     out = empty_dense_like(x)
     if use_triton:
-        kernels.unit_gate_triton(ncs(x), ncs(out), seed, p, stream=philox.STREAM_CHANNEL, per_sample=True,
+        kernels.unit_gate_triton(ncs(x), ncs(out), seed, p, stream=DropLevel.CHANNEL, per_sample=True,
                                  units_per_sample=x.shape[1])
     elif x.numel():
-        unit_gate_torch(as_ncs(x), as_ncs(out), seed, p, stream=philox.STREAM_CHANNEL, per_sample=True,
+        unit_gate_torch(as_ncs(x), as_ncs(out), seed, p, stream=DropLevel.CHANNEL, per_sample=True,
                         units_per_sample=x.shape[1])
     return out
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import philox
+from .. import masks
 from .._layout import empty_dense_like
 from ..backend import triton_kernels
 from ._autograd import self_adjoint
@@ -14,8 +14,8 @@ from ._autograd import self_adjoint
 def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
     """Fallback: the documented 16-bit mask, generated with Philox in int64 arithmetic."""
     out = empty_dense_like(x)
-    drop = philox.neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
-    torch.mul(x, philox.keep_scale(p), out=out)
+    drop = masks.neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
+    torch.mul(x, masks.keep_scale(p), out=out)
     return out.masked_fill_(drop, 0)
 
 

@@ -13,10 +13,11 @@ from typing import List
 import torch
 from torch import Tensor
 
-from .. import philox
+from .. import masks
 from .._layout import empty_dense, empty_dense_like, is_channels_minor
 from ._autograd import Op, self_adjoint, traced
 from .unit_gate import path_gate, unit_gate
+from ..levels import DropLevel
 
 
 def _cat_output(branches: List[Tensor]) -> Tensor:
@@ -51,7 +52,7 @@ def _drop_path_groups(x: Tensor, seed: Tensor, p: float, groups: int, per_sample
     out = empty_dense_like(x)
     if x.numel():
         unit_gate(x, out, seed, p, use_triton,
-                  stream=philox.STREAM_PATH, per_sample=per_sample, units_per_sample=groups,
+                  stream=DropLevel.PATH, per_sample=per_sample, units_per_sample=groups,
                   channels_per_unit=x.shape[1] // groups)
     return out
 

@@ -20,12 +20,13 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
-from .. import philox
+from .. import masks
 from .._layout import empty_dense_like, is_channels_minor
 from ..backend import triton_kernels
 from ._autograd import Op
 from .norm_stats import compute_dtype
 from .unit_gate import gate_factor, unit_keep_table
+from ..levels import DropLevel
 
 DROP_NONE, DROP_NEURON, DROP_CHANNEL = 0, 1, 2
 
@@ -58,13 +59,13 @@ class Tables:
 def channel_keep(x: Tensor, seed: Tensor, p: float) -> Tensor:
     """(N, C) keep decisions of drop-channel for ``x`` (the units ``n * C + c`` of ``drop_channel``)."""
     N, C = x.shape[0], x.shape[1]
-    return unit_keep_table(N, C, seed, p, stream=philox.STREAM_CHANNEL, per_sample=True, units_per_sample=C,
+    return unit_keep_table(N, C, seed, p, stream=DropLevel.CHANNEL, per_sample=True, units_per_sample=C,
                            device=x.device)
 
 
 def neuron_drop(x: Tensor, seed: Tensor, p: float) -> Tensor:
     """Boolean drop mask of drop-neuron in ``x``'s logical shape (the mask of ``drop_neuron``)."""
-    return philox.neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
+    return masks.neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
 
 
 def folded_affine(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, drop: int):
@@ -73,11 +74,11 @@ def folded_affine(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, d
     scale, shift = tables.scale, tables.shift
     if drop == DROP_CHANNEL:
         keep = channel_keep(x, seed, p)
-        factor = philox.keep_scale(p)
+        factor = masks.keep_scale(p)
         scale = torch.where(keep, scale * factor, 0.0)
         shift = torch.where(keep, shift * factor, 0.0)
     elif drop == DROP_NEURON:
-        factor = philox.keep_scale(p)
+        factor = masks.keep_scale(p)
         scale, shift = scale * factor, shift * factor
     trailing = (1,) * (x.dim() - 2)
     return scale.view(*scale.shape, *trailing), shift.view(*shift.shape, *trailing)
@@ -112,7 +113,7 @@ def norm_act_drop_backward_torch(grad: Tensor, x: Tensor, tables: Tables, seed: 
         gate = gate_factor(channel_keep(x, seed, p), p, x32.dtype)
         dz = dz * gate.view(N, C, *(1,) * (x.dim() - 2))
     elif drop == DROP_NEURON:
-        dz = (dz * philox.keep_scale(p)).masked_fill_(neuron_drop(x, seed, p), 0)
+        dz = (dz * masks.keep_scale(p)).masked_fill_(neuron_drop(x, seed, p), 0)
     if act:  # the ReLU mask: the recomputed (dropout-scaled) affine output is positive
         scale, shift = folded_affine(x, tables, seed, p, drop)
         z = torch.mul(x32, scale).add_(shift)

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import philox
+from .. import masks
 from .._layout import as_ncs, ncs
 from ..backend import triton_kernels
+from ..levels import DropLevel
 
 kernels = triton_kernels("unit_gate")
 
@@ -23,7 +24,7 @@ def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, stream: int
     units = unit_base + torch.arange(-(-C // channels_per_unit), dtype=torch.int64, device=device)
     if per_sample:
         units = torch.arange(N, dtype=torch.int64, device=device)[:, None] * units_per_sample + units
-    keep = philox.unit_keep(units, seed.to(device), stream, p).view(-1 if per_sample else 1, units.shape[-1])
+    keep = masks.unit_keep(units, seed.to(device), stream, p).view(-1 if per_sample else 1, units.shape[-1])
     if channels_per_unit > 1:
         keep = keep.repeat_interleave(channels_per_unit, dim=1)[:, :C]
     return keep.expand(N, C)
@@ -32,7 +33,7 @@ def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, stream: int
 def gate_factor(keep: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
     """Per-unit multiplier ``keep / (1 - p)`` in the compute dtype (fp32, fp64 for fp64)."""
     compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    return keep.to(compute_dtype).mul_(philox.keep_scale(p))
+    return keep.to(compute_dtype).mul_(masks.keep_scale(p))
 
 
 def zero_dropped(dst: torch.Tensor, keep: torch.Tensor) -> None:
@@ -70,7 +71,7 @@ def path_gate(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool, use_tr
         return
     # the fallback draws the (N, paths) table once for all paths
     N = srcs[0].shape[0]
-    keep = unit_keep_table(N, paths, seed, p, stream=philox.STREAM_PATH, per_sample=per_sample,
+    keep = unit_keep_table(N, paths, seed, p, stream=DropLevel.PATH, per_sample=per_sample,
                            units_per_sample=paths, device=srcs[0].device)
     factor = gate_factor(keep, p, srcs[0].dtype)
     for index, (src, dst) in enumerate(zip(srcs, dsts)):

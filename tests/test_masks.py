@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from effdrop_triton import philox
+from effdrop_triton import masks
+from effdrop_triton.levels import DropLevel
 
 M32 = 0xFFFFFFFF
 
@@ -38,16 +39,16 @@ def test_reference_matches_known_answers(counter, key, expected):
 @pytest.mark.parametrize("counter,key,expected", KAT)
 def test_torch_philox_matches_known_answers(counter, key, expected):
     words = [torch.tensor([c], dtype=torch.int64) for c in counter]
-    out = philox.philox4x32(*words, *key)
+    out = masks.philox4x32(*words, *key)
     assert tuple(int(w) for w in out) == expected
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2**32 + 7, 2**63 - 1])
 def test_philox_words_counter_layout(seed):
     counters = [0, 1, 12345, 2**32 - 1, 2**32, 2**40 + 3, 2**62 + 11]
-    words = philox.philox_words(torch.tensor(counters), torch.tensor(seed), philox.STREAM_CHANNEL)
+    words = masks.philox_words(torch.tensor(counters), torch.tensor(seed), DropLevel.CHANNEL)
     for i, counter in enumerate(counters):
-        expected = philox_reference((counter & M32, counter >> 32, philox.STREAM_CHANNEL, 0), (seed & M32, seed >> 32))
+        expected = philox_reference((counter & M32, counter >> 32, DropLevel.CHANNEL, 0), (seed & M32, seed >> 32))
         assert [int(w[i]) for w in words] == expected
 
 
@@ -55,11 +56,11 @@ def test_philox_words_counter_layout(seed):
 def test_neuron_keep_rule(p):
     seed = 987654321
     numel = 8 * 37 + 5  # a partial last Philox call
-    keep = philox.neuron_keep(numel, torch.tensor(seed), p)
+    keep = masks.neuron_keep(numel, torch.tensor(seed), p)
     threshold = round((1 - p) * 65536)
     expected = []
     for call in range((numel + 7) // 8):
-        words = philox_reference((call, 0, philox.STREAM_NEURON, 0), (seed & M32, seed >> 32))
+        words = philox_reference((call, 0, DropLevel.NEURON, 0), (seed & M32, seed >> 32))
         for lane in range(8):
             expected.append(((words[lane // 2] >> (16 * (lane % 2))) & 0xFFFF) < threshold)
     assert keep.tolist() == expected[:numel]
@@ -67,20 +68,29 @@ def test_neuron_keep_rule(p):
 
 def test_neuron_keep_is_chunk_independent(monkeypatch):
     seed = torch.tensor(5)
-    whole = philox.neuron_keep(8 * 1000 + 3, seed, 0.5)
-    monkeypatch.setattr(philox, "_NEURON_CHUNK_CALLS", 7)
-    assert torch.equal(philox.neuron_keep(8 * 1000 + 3, seed, 0.5), whole)
+    whole = masks.neuron_keep(8 * 1000 + 3, seed, 0.5)
+    monkeypatch.setattr(masks, "_NEURON_CHUNK_CALLS", 7)
+    assert torch.equal(masks.neuron_keep(8 * 1000 + 3, seed, 0.5), whole)
 
 
 def test_unit_keep_rule():
     seed = 2**40 + 17
     units = torch.arange(50)
-    keep = philox.unit_keep(units, torch.tensor(seed), philox.STREAM_LAYER, 0.3)
+    keep = masks.unit_keep(units, torch.tensor(seed), DropLevel.LAYER, 0.3)
     threshold = round(0.7 * 2**32)
-    expected = [philox_reference((u, 0, philox.STREAM_LAYER, 0), (seed & M32, seed >> 32))[0] < threshold for u in range(50)]
+    expected = [philox_reference((u, 0, DropLevel.LAYER, 0), (seed & M32, seed >> 32))[0] < threshold for u in range(50)]
     assert keep.tolist() == expected
 
 
-def test_streams_are_distinct():
-    streams = {philox.STREAM_NEURON, philox.STREAM_CHANNEL, philox.STREAM_PATH, philox.STREAM_LAYER}
-    assert len(streams) == 4
+def test_levels_are_the_documented_streams():
+    """The paper repository's numbering is the counter's stream word (README, Randomness contract)."""
+    assert [(int(level), level.label) for level in DropLevel] == [(0, "neuron"), (1, "channel"), (2, "path"),
+                                                                  (3, "layer")]
+    for number, name in enumerate(("neuron", "channel", "path", "layer")):
+        assert DropLevel.parse(number) is DropLevel.parse(name) is DropLevel(number)
+
+
+@pytest.mark.parametrize("value", [4, -1, True, "Neuron", "drop", 1.0, None])
+def test_level_parse_rejects(value):
+    with pytest.raises(ValueError, match=r"drop_type must be one of 0 / 'neuron', 1 / 'channel'"):
+        DropLevel.parse(value)

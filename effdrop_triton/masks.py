@@ -1,15 +1,15 @@
 """Philox4x32-10 in plain PyTorch integer arithmetic, and the keep rules of every level.
 
 This is the fallback's random number generator and the documented definition of a
-mask; the Triton kernels (``effdrop_triton.kernels.philox``) call ``tl.philox`` with
-the same counter words and must agree bit for bit.
+mask; the Triton kernels call ``tl.philox`` with the same counter words and must agree
+bit for bit.
 
 Counter layout (four 32-bit words) for gated unit ``i`` (an int64 index)::
 
     (i & 0xFFFFFFFF, i >> 32, stream, 0), key = (seed & 0xFFFFFFFF, seed >> 32)
 
-``stream`` names the level (``STREAM_*`` below), so the four levels never share
-random numbers for the same seed.
+``stream`` is the level's number (``levels.DropLevel``: 0 neuron, 1 channel, 2 path,
+3 layer), so the four levels never share random numbers for the same seed.
 
 Keep rules:
 
@@ -33,17 +33,14 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .levels import DropLevel
+
 MASK32 = 0xFFFFFFFF
 ROUND_A = 0xD2511F53
 ROUND_B = 0xCD9E8D57
 KEY_A = 0x9E3779B9
 KEY_B = 0xBB67AE85
 N_ROUNDS = 10
-
-STREAM_NEURON = 0
-STREAM_CHANNEL = 1
-STREAM_PATH = 2
-STREAM_LAYER = 3
 
 NEURON_BITS = 16
 UNIT_BITS = 32
@@ -114,6 +111,7 @@ def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
 def philox_words(counter: torch.Tensor, seed: torch.Tensor, stream: int):
     """The four output words (int64 tensors) for int64 ``counter`` indices under the documented layout."""
     k0, k1 = seed_key(seed)
+    stream = int(stream)  # a DropLevel: NumPy takes no int subclass beside uint64 words
     shape = counter.shape
     counter = counter.reshape(-1)
     if counter.device.type == "cpu" and counter.numel() <= _NUMPY_MAX_CALLS:
@@ -143,7 +141,7 @@ def neuron_keep(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.
     for start in range(0, calls, _NEURON_CHUNK_CALLS):
         stop = min(calls, start + _NEURON_CHUNK_CALLS)
         counter = torch.arange(start, stop, dtype=torch.int64, device=device)
-        words = torch.stack(philox_words(counter, seed, STREAM_NEURON), dim=1)
+        words = torch.stack(philox_words(counter, seed, DropLevel.NEURON), dim=1)
         # element 8g + 2w + h takes half h of word w
         out = keep[start * 8 : stop * 8].view(-1, 4, 2)
         torch.lt(words & 0xFFFF, threshold, out=out[:, :, 0])
