@@ -18,6 +18,7 @@ import torch.nn.functional as F
 import torchvision.ops
 from torch import nn
 
+from effdrop_triton.levels import DropLevel
 from effdrop_triton import BatchNormActDrop2d, ConvBlock, DropChannel, DropLayer, DropNeuron, DropPath, \
     GroupNormActDrop, Residual
 
@@ -96,7 +97,7 @@ def _eager_norm_act(module: nn.Module) -> nn.Module:
     if module.act:
         layers.append(nn.ReLU())
     if module.drop_rate > 0:
-        layers.append((nn.Dropout2d if module.drop_type == "channel" else nn.Dropout)(module.drop_rate))
+        layers.append((nn.Dropout2d if module.drop_type == DropLevel.CHANNEL else nn.Dropout)(module.drop_rate))
     return nn.Sequential(*layers).train(module.training)
 
 

@@ -92,7 +92,6 @@ def per_call_us(fn: Callable[[], object], calls: int = 200, repeats: int = 7) ->
 
 def _minimal_functions():
     """Minimal ``autograd.Function`` around the package's launchers: the reference for the eager path's cost."""
-    from effdrop_triton import masks
     from effdrop_triton._layout import ncs
     from effdrop_triton.kernels.drop_layer import drop_layer_triton
     from effdrop_triton.kernels.drop_neuron import drop_neuron_triton
@@ -120,14 +119,14 @@ def _minimal_functions():
 
     def gate_channels(x, seed, p):
         out = torch.empty_like(x)
-        unit_gate_triton(ncs(x), ncs(out), seed, p, stream=DropLevel.CHANNEL, per_sample=True,
+        unit_gate_triton(ncs(x), ncs(out), seed, p, level=DropLevel.CHANNEL, per_sample=True,
                          units_per_sample=x.shape[1])
         return out
 
     def gate_samples(x, seed, p):
         out = torch.empty_like(x)
         rows = ((x.shape[0], 1, x.numel() // x.shape[0]), (x.stride(0), x.stride(0), 1))
-        unit_gate_triton((x, *rows), (out, *rows), seed, p, stream=DropLevel.LAYER, per_sample=True,
+        unit_gate_triton((x, *rows), (out, *rows), seed, p, level=DropLevel.LAYER, per_sample=True,
                          units_per_sample=1)
         return out
 

@@ -7,6 +7,7 @@ from typing import Union
 from torch import Tensor, nn
 
 from ._checks import check_p
+from .levels import DropLevel
 from .modules import DropChannel, DropNeuron
 from .norm_act import BatchNormActDrop2d, GroupNormActDrop, NormActDrop, check_inner_drop_type
 
@@ -60,7 +61,7 @@ class ConvBlock(nn.Module):
                              bias=bias)
 
         def make_drop():
-            return (DropNeuron if drop_type == "neuron" else DropChannel)(drop_rate)
+            return (DropNeuron if drop_type == DropLevel.NEURON else DropChannel)(drop_rate)
 
         # attribute assignment order is the block order (module registration follows it)
         if block_type in (0, 1):
@@ -91,7 +92,7 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.block_type == 0 and isinstance(self.norm, NormActDrop):
             # norm-ReLU-drop and the conv in one autograd node: backward recomputes the conv input
-            return self.norm.run(x, self.conv)
+            return self.norm(x, conv=self.conv)
         for module in self.children():
             x = module(x)
         return x

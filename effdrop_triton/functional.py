@@ -1,4 +1,4 @@
-"""The four structural dropout levels as functions (SPEC section 3).
+"""The four structural dropout levels as functions, and the fused norm-act-drop(-conv) ops.
 
 Each validates its arguments, returns its input unchanged when ``training`` is False
 or ``p == 0`` (no kernel launch), draws a seed from PyTorch's default generator when
@@ -18,11 +18,12 @@ from .ops.drop_layer import drop_layer_op
 from .ops.drop_neuron import drop_neuron_op
 from .ops.drop_path import drop_path_cat_op, drop_path_groups_op
 from .ops.norm_act_drop import norm_act_drop_op
-from .ops.norm_act_drop_conv import norm_act_drop_conv2d_op
+from .ops.norm_act_drop_conv2d import norm_act_drop_conv2d_op
 from .ops._autograd import traced
 from .ops.norm_stats import norm_stats_op
 from ._checks import check_float_tensor, check_groups, check_mode, check_p, check_seed, resolve_seed
 from .backend import use_triton
+from .levels import DropLevel
 
 Seed = Union[int, Tensor, None]
 
@@ -132,7 +133,7 @@ def drop_layer(branch: Tensor, shortcut: Tensor, p: float, training: bool = True
 # --- fused norm -> affine -> ReLU -> dropout (the prologue of the norm-ReLU-drop-conv block) ---
 
 _NORMS = ("bn", "gn")
-_INNER_DROP_TYPES = {"neuron": 1, "channel": 2, 0: 1, 1: 2}  # -> ops.norm_act_drop.DROP_NEURON / DROP_CHANNEL
+INNER_LEVELS = (DropLevel.NEURON, DropLevel.CHANNEL)  # the levels that act inside a norm or conv block
 
 
 def _check_param(t, name: str, x: Tensor) -> None:
@@ -162,8 +163,7 @@ def _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_gr
         raise ValueError(f"norm_act_drop needs an (N, C, *) tensor with at least 2 dims, got shape {tuple(x.shape)}")
     if norm not in _NORMS:
         raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
-    if isinstance(drop_type, bool) or drop_type not in _INNER_DROP_TYPES:
-        raise ValueError(f"drop_type must be one of ('neuron', 'channel', 0, 1), got {drop_type!r}")
+    level = DropLevel.parse(drop_type, "drop_type", INNER_LEVELS)
     for name, flag in (("training", training), ("act", act), ("input_stats", input_stats)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
@@ -205,9 +205,8 @@ def _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_gr
         count = x.numel() // C if C else 0
         if batch_stats and count <= 1:
             raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
-    drop = _INNER_DROP_TYPES[drop_type] if training and p > 0.0 else 0
     return NormSettings(groups, batch_stats, 0.0 if momentum is None else momentum, num_batches_tracked, eps, act,
-                        drop, p)
+                        level if training and p > 0.0 else None, p)
 
 
 class NormSettings(NamedTuple):
@@ -218,7 +217,7 @@ class NormSettings(NamedTuple):
     num_batches_tracked: Optional[Tensor]  # momentum=None: the cumulative average's weight is 1 / this
     eps: float
     act: bool
-    drop: int  # 0 none, 1 neuron, 2 channel (ops.norm_act_drop.DROP_*)
+    level: Optional[DropLevel]  # NEURON or CHANNEL; None: no dropout (eval, or p == 0)
     p: float
 
 
@@ -275,8 +274,8 @@ def fused_norm_act_drop(x: Tensor, weight: Optional[Tensor], bias: Optional[Tens
     ``norm_act_drop_conv2d``) with checked arguments: the statistics op, the seed draw and the fused op."""
     triton = use_triton(x)
     stats = norm_stats(x, running_mean, running_var, settings, triton)
-    seed_tensor = resolve_seed(seed, x.device) if settings.drop else None
-    args = (settings.num_groups, settings.eps, settings.act, settings.drop, settings.p, settings.batch_stats, triton)
+    seed_tensor = None if settings.level is None else resolve_seed(seed, x.device)
+    args = (settings.num_groups, settings.eps, settings.act, settings.level, settings.p, settings.batch_stats, triton)
     if conv is None:
         y = norm_act_drop_op(x, weight, bias, stats, seed_tensor, *args)
     else:

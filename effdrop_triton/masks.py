@@ -22,7 +22,9 @@ Keep rules:
   ``n * C + c`` (channel), ``n * P + path`` or ``path`` (path, sample / batch mode),
   ``n`` or ``0`` (layer, sample / batch mode).
 
-Kept values are multiplied by the fp32 scale ``1 / (1 - p)`` (0 when ``p == 1``).
+Kept values are multiplied by the fp32 scale ``1 / (1 - p)`` (0 when ``p == 1``); the values of a
+dropped unit are written as +0.0 (never ``0 * x``, which is NaN for non-finite and -0.0 for
+negative ``x``).
 
 Products of two 32-bit words are formed in int64: they wrap like unsigned 64-bit
 products, so the low half is ``prod & MASK`` and the high half ``(prod >> 32) & MASK``.
@@ -147,3 +149,46 @@ def neuron_keep(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.
         torch.lt(words & 0xFFFF, threshold, out=out[:, :, 0])
         torch.lt(words >> 16, threshold, out=out[:, :, 1])
     return keep[:numel]
+
+
+def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, level: int, per_sample: bool,
+                    units_per_sample: int, unit_base: int = 0, channels_per_unit: int = 1,
+                    device=None) -> torch.Tensor:
+    """(N, C) boolean keep decision of every (sample, channel) of a gated level, by the unit rule: the
+    unit of (n, c) is ``n * units_per_sample`` (per-sample mode only) ``+ unit_base + c // channels_per_unit``.
+
+    One Philox call per distinct unit; channels of one unit share its decision.
+    """
+    device = seed.device if device is None else device
+    units = unit_base + torch.arange(-(-C // channels_per_unit), dtype=torch.int64, device=device)
+    if per_sample:
+        units = torch.arange(N, dtype=torch.int64, device=device)[:, None] * units_per_sample + units
+    keep = unit_keep(units, seed.to(device), level, p).view(-1 if per_sample else 1, units.shape[-1])
+    if channels_per_unit > 1:
+        keep = keep.repeat_interleave(channels_per_unit, dim=1)[:, :C]
+    return keep.expand(N, C)
+
+
+def gate_factor(keep: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
+    """Per-unit multiplier ``keep / (1 - p)`` in the compute dtype (fp32, fp64 for fp64)."""
+    compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    return keep.to(compute_dtype).mul_(keep_scale(p))
+
+
+def zero_dropped(dst: torch.Tensor, keep: torch.Tensor) -> None:
+    """Write +0.0 into the dropped (n, c) rows of an (N, C, S) view, as the kernels do."""
+    dropped = ~keep
+    if dst.device.type == "cpu":  # touch only the dropped rows (no device sync on the CPU)
+        n, c = dropped.nonzero(as_tuple=True)
+        dst[n, c] = 0
+    else:
+        dst.masked_fill_(dropped[:, :, None], 0)
+
+
+def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, **rule) -> None:
+    """The gate of a unit level in PyTorch: ``dst = src * keep / (1 - p)`` for (N, C, S) views, ``rule``
+    as :func:`unit_keep_table`'s keywords (the fallback of the unit-gate kernel)."""
+    N, C, _ = src.shape
+    keep = unit_keep_table(N, C, seed, p, device=src.device, **rule)
+    torch.mul(src, gate_factor(keep, p, src.dtype)[:, :, None], out=dst)
+    zero_dropped(dst, keep)

@@ -116,19 +116,10 @@ class Residual(nn.Module):
         return f"drop_rate={self.drop_rate}, mode={self.mode!r}, skip_dropped={self.skip_dropped}"
 
 
-DROP_TYPES = {0: DropNeuron, 1: DropChannel, 2: DropPath, 3: DropLayer}
-DROP_NAMES = {"neuron": 0, "channel": 1, "path": 2, "layer": 3}
-
-
-def drop_type_index(drop_type: Union[int, str]) -> int:
-    """The original repository's numbering: 0 neuron, 1 channel, 2 path, 3 layer."""
-    if isinstance(drop_type, str) and drop_type in DROP_NAMES:
-        return DROP_NAMES[drop_type]
-    if isinstance(drop_type, int) and not isinstance(drop_type, bool) and drop_type in DROP_TYPES:
-        return drop_type
-    raise ValueError(f"drop_type must be one of {sorted(DROP_TYPES)} or {sorted(DROP_NAMES)}, got {drop_type!r}")
+DROP_MODULES = {DropLevel.NEURON: DropNeuron, DropLevel.CHANNEL: DropChannel, DropLevel.PATH: DropPath,
+                DropLevel.LAYER: DropLayer}
 
 
 def make_drop(drop_type: Union[int, str], p: float, **kwargs) -> nn.Module:
-    """Build the dropout module of a level by number (0-3) or name."""
-    return DROP_TYPES[drop_type_index(drop_type)](p, **kwargs)
+    """Build the dropout module of a level by number (0-3) or name (``DropLevel``)."""
+    return DROP_MODULES[DropLevel.parse(drop_type)](p, **kwargs)

@@ -17,21 +17,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_p
-from .functional import NormSettings, conv_args, drop_channel, drop_neuron, fused_norm_act_drop, input_channel_stats
-from .modules import drop_type_index
+from .functional import (INNER_LEVELS, NormSettings, conv_args, drop_channel, drop_neuron, fused_norm_act_drop,
+                         input_channel_stats)
+from .levels import DropLevel
 
-_INNER_DROPS = {0: "neuron", 1: "channel"}
 
-
-def check_inner_drop_type(drop_type: Union[int, str]) -> str:
+def check_inner_drop_type(drop_type: Union[int, str]) -> DropLevel:
     """The dropout levels that act inside a norm or conv block: neuron (0) or channel (1)."""
-    index = drop_type_index(drop_type)
-    if index not in _INNER_DROPS:
+    level = DropLevel.parse(drop_type)
+    if level not in INNER_LEVELS:
         raise ValueError(
             f"drop_type inside a norm/conv block must be 'neuron' (0) or 'channel' (1), got {drop_type!r}; "
             "drop-path and drop-layer act on whole paths and residual branches (models, Residual)"
         )
-    return _INNER_DROPS[index]
+    return level
 
 
 class InputStats:
@@ -80,18 +79,16 @@ class ActDrop(InputStats):
         """ReLU (``act``) then the standalone drop-neuron / drop-channel op: the eager tail of the norm."""
         if self.act:
             y = F.relu(y)
-        return (drop_neuron if self.drop_type == "neuron" else drop_channel)(y, self.drop_rate, self.training)
+        return (drop_neuron if self.drop_type == DropLevel.NEURON else drop_channel)(y, self.drop_rate, self.training)
 
-    def _drop_code(self) -> int:
-        """The fused op's dropout code: 0 none, 1 neuron, 2 channel (``ops.norm_act_drop.DROP_*``)."""
-        if not self.training or self.drop_rate == 0.0:
-            return 0
-        return 1 if self.drop_type == "neuron" else 2
+    def _active_level(self) -> Optional[DropLevel]:
+        """The level the fused op drops at in this call; None when no dropout runs (eval, or rate 0)."""
+        return self.drop_type if self.training and self.drop_rate > 0.0 else None
 
-    def run(self, x: Tensor, conv: Optional[nn.Conv2d] = None) -> Tensor:
-        """This module's norm-act-drop on ``x`` (then ``conv`` if given), fused or eager, recording the
-        input statistics when the module tracks them."""
-        settings, running_mean, running_var = self._settings(x)
+    def _norm_act_drop(self, x: Tensor, settings: NormSettings, running_mean: Optional[Tensor],
+                       running_var: Optional[Tensor], conv: Optional[nn.Conv2d]) -> Tensor:
+        """The forward of every norm-act-drop module: ``x`` through the norm, ReLU and dropout (then ``conv``
+        if given), fused or eager, recording the input statistics when the module tracks them."""
         if not self.fused:
             if self.track_stats:
                 self.record_input_stats(*input_channel_stats(x))
@@ -107,7 +104,7 @@ class ActDrop(InputStats):
         return out
 
     def _act_drop_repr(self) -> str:
-        return (f"act={self.act}, drop_type={self.drop_type!r}, drop_rate={self.drop_rate}, fused={self.fused}, "
+        return (f"act={self.act}, drop_type={self.drop_type.label!r}, drop_rate={self.drop_rate}, fused={self.fused}, "
                 f"track_stats={self.track_stats}")
 
 
@@ -121,22 +118,6 @@ class BatchNormActDrop2d(nn.BatchNorm2d, ActDrop):
         self.fused = bool(fused)
         self._init_act_drop(num_features, act, drop_type, drop_rate, track_stats)
 
-    def _settings(self, x: Tensor):
-        """``(settings, running_mean, running_var)`` of this call, counting the batch, as ``nn.BatchNorm2d.forward``
-        (the cumulative average, ``momentum=None``, reads the count on the device)."""
-        if x.shape[1] != self.num_features:
-            raise ValueError(f"expected {self.num_features} channels (dim 1 of the input), got input of shape {tuple(x.shape)}")
-        training = self.training
-        counter = None
-        if training and self.track_running_stats and self.num_batches_tracked is not None:
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:
-                counter = self.num_batches_tracked
-        use_running = not training or self.track_running_stats
-        batch_stats = training or (self.running_mean is None and self.running_var is None)
-        settings = NormSettings(0, batch_stats, 0.0 if self.momentum is None else self.momentum, counter, self.eps,
-                                self.act, self._drop_code(), self.drop_rate)
-        return settings, self.running_mean if use_running else None, self.running_var if use_running else None
 
     def _eager_norm(self, x: Tensor, settings: NormSettings, running_mean, running_var) -> Tensor:
         momentum = settings.momentum
@@ -145,9 +126,25 @@ class BatchNormActDrop2d(nn.BatchNorm2d, ActDrop):
         return F.batch_norm(x, running_mean, running_var, self.weight, self.bias, settings.batch_stats, momentum,
                             self.eps)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, conv: Optional[nn.Conv2d] = None) -> Tensor:
+        """Norm, ReLU and dropout; with ``conv``, ``conv`` of that in one autograd node whose backward rebuilds
+        the convolution's input (``ConvBlock`` of block type 0)."""
         self._check_input_dim(x)
-        return self.run(x)
+        if x.shape[1] != self.num_features:
+            raise ValueError(f"expected {self.num_features} channels (dim 1 of the input), got input of shape {tuple(x.shape)}")
+        # the batch is counted and the statistics chosen as nn.BatchNorm2d.forward does (the cumulative
+        # average, momentum=None, reads the count on the device)
+        counter = None
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                counter = self.num_batches_tracked
+        use_running = not self.training or self.track_running_stats
+        batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        settings = NormSettings(0, batch_stats, 0.0 if self.momentum is None else self.momentum, counter, self.eps,
+                                self.act, self._active_level(), self.drop_rate)
+        return self._norm_act_drop(x, settings, self.running_mean if use_running else None,
+                                   self.running_var if use_running else None, conv)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._act_drop_repr()}"
@@ -165,17 +162,16 @@ class GroupNormActDrop(nn.GroupNorm, ActDrop):
         self.fused = bool(fused)
         self._init_act_drop(num_channels, act, drop_type, drop_rate, track_stats)
 
-    def _settings(self, x: Tensor):
-        if x.dim() < 2 or x.shape[1] != self.num_channels:
-            raise ValueError(f"expected {self.num_channels} channels (dim 1 of the input), got input of shape {tuple(x.shape)}")
-        return NormSettings(self.num_groups, True, 0.0, None, self.eps, self.act, self._drop_code(),
-                            self.drop_rate), None, None
-
     def _eager_norm(self, x: Tensor, settings: NormSettings, running_mean, running_var) -> Tensor:
         return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.run(x)
+    def forward(self, x: Tensor, conv: Optional[nn.Conv2d] = None) -> Tensor:
+        """Norm, ReLU and dropout (then ``conv``, fused, as ``BatchNormActDrop2d.forward``)."""
+        if x.dim() < 2 or x.shape[1] != self.num_channels:
+            raise ValueError(f"expected {self.num_channels} channels (dim 1 of the input), got input of shape {tuple(x.shape)}")
+        settings = NormSettings(self.num_groups, True, 0.0, None, self.eps, self.act, self._active_level(),
+                                self.drop_rate)
+        return self._norm_act_drop(x, settings, None, None, conv)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._act_drop_repr()}"

@@ -23,10 +23,8 @@ from torch import Tensor, nn
 
 from effdrop_triton._checks import check_mode, check_p
 from effdrop_triton.blocks import BLOCK_TYPES, NORMS, ConvBlock, make_norm_act
-from effdrop_triton.modules import drop_type_index
-
-DROP_TYPE_NAMES = ("neuron", "channel", "path", "layer")
-INNER_DROP_TYPES = ("neuron", "channel")
+from effdrop_triton.functional import INNER_LEVELS
+from effdrop_triton.levels import DropLevel
 
 
 def norm_groups(gn_groups: int, channels: int) -> int:
@@ -61,7 +59,7 @@ class BlockConfig:
     """The settings every block of a model shares, checked once.
 
     ``drop_type`` is a level's name or the original repository's number (0 neuron, 1 channel,
-    2 path, 3 layer) and is stored as the name. What ``drop_rate`` drives depends on it:
+    2 path, 3 layer) and is stored as its ``DropLevel``. What ``drop_rate`` drives depends on it:
     the dropout inside the conv blocks (neuron/channel), the paths of a multi-path conv
     (path, ``drop_mode`` per sample or per batch) or the residual branch (layer, through
     :class:`~effdrop_triton.Residual` with ``drop_mode`` and ``skip_dropped``).
@@ -82,7 +80,7 @@ class BlockConfig:
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         check_positive_int(self.gn_groups, "gn_groups")
-        object.__setattr__(self, "drop_type", DROP_TYPE_NAMES[drop_type_index(self.drop_type)])
+        object.__setattr__(self, "drop_type", DropLevel.parse(self.drop_type))
         object.__setattr__(self, "drop_rate", check_p(self.drop_rate, "drop_rate"))
         check_mode(self.drop_mode, "drop_mode")
         object.__setattr__(self, "skip_dropped", bool(self.skip_dropped))
@@ -98,7 +96,7 @@ class BlockConfig:
     @property
     def inner_drop(self) -> bool:
         """Whether ``drop_rate`` drives the dropout inside conv blocks (neuron or channel)."""
-        return self.drop_type in INNER_DROP_TYPES
+        return self.drop_type in INNER_LEVELS
 
     def conv_block(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
                    groups: int = 1, drop: bool = False) -> ConvBlock:
@@ -107,7 +105,7 @@ class BlockConfig:
         norm_channels = in_channels if self.pre_activation else out_channels
         return ConvBlock(in_channels, out_channels, kernel_size, block_type=self.block_type, norm=self.norm,
                          gn_groups=norm_groups(self.gn_groups, norm_channels),
-                         drop_type=self.drop_type if self.inner_drop else "channel",
+                         drop_type=self.drop_type if self.inner_drop else DropLevel.CHANNEL,
                          drop_rate=self.drop_rate if drop and self.inner_drop else 0.0,
                          stride=stride, padding=kernel_size // 2, groups=groups, fused=self.fused)
 
@@ -183,16 +181,16 @@ LAYER_MODELS = ("wrn", "preresnet", "resnext")   # residual branches
 
 def check_drop_support(model: str, cfg: BlockConfig) -> None:
     """ValueError when ``model`` has no structure for ``cfg.drop_type`` to gate."""
-    if cfg.drop_type == "path" and model not in PATH_MODELS:
+    if cfg.drop_type == DropLevel.PATH and model not in PATH_MODELS:
         raise ValueError(f"drop_type='path' gates the paths of a multi-path convolution; {model} is single-path. "
                          f"Models that support it: {', '.join(PATH_MODELS)}")
-    if cfg.drop_type == "layer" and model not in LAYER_MODELS:
+    if cfg.drop_type == DropLevel.LAYER and model not in LAYER_MODELS:
         raise ValueError(f"drop_type='layer' gates residual branches; {model} has none. "
                          f"Models that support it: {', '.join(LAYER_MODELS)}")
 
 
 def block_configs(cfg: BlockConfig, num_blocks: int) -> List[BlockConfig]:
     """One config per residual block: drop-layer rates follow ``layer_drop_rates``, other levels keep ``drop_rate``."""
-    if cfg.drop_type != "layer":
+    if cfg.drop_type != DropLevel.LAYER:
         return [cfg] * num_blocks
     return [cfg.replace(drop_rate=rate) for rate in layer_drop_rates(cfg.drop_rate, num_blocks)]

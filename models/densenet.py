@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from effdrop_triton.modules import DropPath
 
 from ._base import BlockConfig, ConvNet, check_drop_support, check_positive_int
+from effdrop_triton.levels import DropLevel
 
 
 class DenseLayer(nn.Module):
@@ -26,14 +27,14 @@ class DenseLayer(nn.Module):
     def __init__(self, in_channels: int, growth_rate: int, bottleneck: bool = True, cfg: BlockConfig = BlockConfig(),
                  bn_size: int = 4):
         super().__init__()
-        if cfg.drop_type == "layer":
+        if cfg.drop_type == DropLevel.LAYER:
             raise ValueError("DenseLayer has no residual branch: drop_type='layer' does not apply (use 'path')")
         if bottleneck:
             layers = [cfg.conv_block(in_channels, bn_size * growth_rate, 1, drop=True),
                       cfg.conv_block(bn_size * growth_rate, growth_rate, 3, drop=True)]
         else:
             layers = [cfg.conv_block(in_channels, growth_rate, 3, drop=True)]
-        if cfg.drop_type == "path":
+        if cfg.drop_type == DropLevel.PATH:
             layers.append(DropPath(cfg.drop_rate, mode=cfg.drop_mode, groups=1))
         self.branch = nn.Sequential(*layers)
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from effdrop_triton.modules import DropPath, Residual
 
 from ._base import BlockConfig, ConvNet, block_configs, check_drop_support, check_positive_int
+from effdrop_triton.levels import DropLevel
 
 
 class _ResidualUnit(Residual):
@@ -32,7 +33,7 @@ class _ResidualUnit(Residual):
     def __init__(self, layers: Sequence[nn.Module], in_channels: int, out_channels: int, stride: int,
                  cfg: BlockConfig):
         shortcut = None if stride == 1 and in_channels == out_channels else cfg.projection(in_channels, out_channels, stride)
-        super().__init__(nn.Sequential(*layers), shortcut, drop_rate=cfg.drop_rate if cfg.drop_type == "layer" else 0.0,
+        super().__init__(nn.Sequential(*layers), shortcut, drop_rate=cfg.drop_rate if cfg.drop_type == DropLevel.LAYER else 0.0,
                          mode=cfg.drop_mode, skip_dropped=cfg.skip_dropped)
         self.act = nn.Identity() if cfg.pre_activation else nn.ReLU()
 
@@ -53,7 +54,7 @@ class BasicBlock(_ResidualUnit):
 
     def __init__(self, in_channels: int, out_channels: int, stride: int = 1, cfg: BlockConfig = BlockConfig(),
                  drop_convs: Sequence[int] = (0,)):
-        if cfg.drop_type == "path":
+        if cfg.drop_type == DropLevel.PATH:
             raise ValueError("BasicBlock is single-path: drop_type='path' needs a grouped or multi-branch conv")
         drop_convs = self._check_drop_convs(drop_convs, 2)
         layers = [cfg.conv_block(in_channels, out_channels, 3, stride, drop=0 in drop_convs),
@@ -72,7 +73,7 @@ class Bottleneck(_ResidualUnit):
         drop_convs = self._check_drop_convs(drop_convs, 3)
         layers = [cfg.conv_block(in_channels, width, 1, drop=0 in drop_convs),
                   cfg.conv_block(width, width, 3, stride, groups, drop=1 in drop_convs)]
-        if cfg.drop_type == "path":
+        if cfg.drop_type == DropLevel.PATH:
             layers.append(DropPath(cfg.drop_rate, mode=cfg.drop_mode, groups=groups))
         layers.append(cfg.last_conv(width, out_channels, 1))
         super().__init__(layers, in_channels, out_channels, stride, cfg)

@@ -11,7 +11,7 @@ from effdrop_triton.ops.drop_layer import drop_layer_op
 from effdrop_triton.ops.drop_neuron import drop_neuron_op
 from effdrop_triton.ops.drop_path import drop_path_cat_op, drop_path_split_op
 from effdrop_triton.ops.norm_act_drop import norm_act_drop_op
-from effdrop_triton.ops.norm_act_drop_conv import norm_act_drop_conv2d_op
+from effdrop_triton.ops.norm_act_drop_conv2d import norm_act_drop_conv2d_op
 
 SEED = torch.tensor(11)
 

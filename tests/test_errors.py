@@ -92,7 +92,7 @@ def test_unknown_mode(mode):
 def test_unknown_backend_and_drop_type():
     with pytest.raises(ValueError, match=r"backend must be one of \('auto', 'triton', 'torch'\), got 'cuda'"):
         ed.set_backend("cuda")
-    with pytest.raises(ValueError, match=r"drop_type must be one of \[0, 1, 2, 3\]"):
+    with pytest.raises(ValueError, match=r"drop_type must be one of 0 / 'neuron', 1 / 'channel', 2 / 'path', 3 / 'layer', got 4"):
         ed.make_drop(4, 0.5)
     with pytest.raises(ValueError, match="got 'block'"):
         ed.make_drop("block", 0.5)

@@ -137,7 +137,7 @@ def test_neuron_and_channel_dropout_placement(name, block_type, drop_type):
     for n in dropping:
         block = blocks[n]
         assert block.drop_rate == 0.25
-        assert (block.norm.drop_type if block_type == 0 else type(block.drop).__name__.lower()).endswith(kind)
+        assert (block.norm.drop_type.label if block_type == 0 else type(block.drop).__name__.lower()).endswith(kind)
     others = [m for m in model.modules() if isinstance(m, (ed.DropPath, ed.Residual)) and getattr(m, "p", 0) > 0]
     assert not others and all(m.drop_rate == 0 for m in model.modules() if isinstance(m, ed.Residual))
 

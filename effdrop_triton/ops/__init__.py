@@ -9,4 +9,4 @@ the Triton path its kernels (the op decomposes into ``wrap_triton`` launches).
 """
 
 from . import drop_channel, drop_layer, drop_neuron, drop_path  # noqa: F401  (registers the ops)
-from . import norm_act_drop, norm_act_drop_conv, norm_stats  # noqa: F401
+from . import norm_act_drop, norm_act_drop_conv2d, norm_stats  # noqa: F401

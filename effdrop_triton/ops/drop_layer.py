@@ -6,12 +6,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .. import masks
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
 from ..backend import triton_kernels
-from ._autograd import Op, self_adjoint
-from .unit_gate import gate_factor, unit_gate_torch, unit_keep_table
 from ..levels import DropLevel
+from ..masks import gate_factor, unit_gate_torch, unit_keep_table
+from ._autograd import Op, self_adjoint
 
 kernels = triton_kernels("drop_layer")
 unit_gate_kernels = triton_kernels("unit_gate")
@@ -31,7 +30,7 @@ def drop_layer_torch(branch: Tensor, shortcut: Tensor, out: Tensor, seed: Tensor
     """Fallback: one ``addcmul`` pass, then the shortcut itself for dropped samples (as the kernel,
     which never reads their branch: no NaN from a non-finite dropped branch)."""
     N = branch.shape[0]
-    keep = unit_keep_table(N, 1, seed, p, stream=DropLevel.LAYER, per_sample=per_sample,
+    keep = unit_keep_table(N, 1, seed, p, level=DropLevel.LAYER, per_sample=per_sample,
                            units_per_sample=1, device=branch.device)
     factor = gate_factor(keep, p, branch.dtype).view(N, *([1] * (branch.dim() - 1)))
     if branch.dtype == factor.dtype:
@@ -74,10 +73,10 @@ def _layer_gate(x: Tensor, seed: Tensor, p: float, per_sample: bool, use_triton:
     if use_triton:  # each sample's memory as one row: (N, 1, M) with unit strides
         N = x.shape[0]
         rows = ((N, 1, numel // N), (x.stride(0), x.stride(0), 1))  # a 16-divisible C stride keeps vectors
-        unit_gate_kernels.unit_gate_triton((x, *rows), (out, *rows), seed, p, stream=DropLevel.LAYER,
+        unit_gate_kernels.unit_gate_triton((x, *rows), (out, *rows), seed, p, level=DropLevel.LAYER,
                                            per_sample=per_sample, units_per_sample=1)
     else:
-        unit_gate_torch(per_sample_rows(x), per_sample_rows(out), seed, p, stream=DropLevel.LAYER,
+        unit_gate_torch(per_sample_rows(x), per_sample_rows(out), seed, p, level=DropLevel.LAYER,
                         per_sample=per_sample, units_per_sample=1)
     return out
 

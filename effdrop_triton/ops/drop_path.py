@@ -13,11 +13,30 @@ from typing import List
 import torch
 from torch import Tensor
 
-from .. import masks
-from .._layout import empty_dense, empty_dense_like, is_channels_minor
-from ._autograd import Op, self_adjoint, traced
-from .unit_gate import path_gate, unit_gate
+from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor, ncs
+from ..backend import triton_kernels
 from ..levels import DropLevel
+from ..masks import gate_factor, unit_gate_torch, unit_keep_table, zero_dropped
+from ._autograd import Op, self_adjoint, traced
+
+
+kernels = triton_kernels("unit_gate")
+
+
+def path_gate(srcs, dsts, seed: Tensor, p: float, per_sample: bool, use_triton: bool) -> None:
+    """Gate path ``i`` of a multi-path block: ``dsts[i] = srcs[i] * keep[n, i] / (1 - p)`` for (N, C_i, *) tensors."""
+    if use_triton:
+        kernels.path_gate_triton(srcs, dsts, seed, p, per_sample)
+        return
+    # the fallback draws the (N, paths) table once for all paths
+    N, paths = srcs[0].shape[0], len(srcs)
+    keep = unit_keep_table(N, paths, seed, p, level=DropLevel.PATH, per_sample=per_sample, units_per_sample=paths,
+                           device=srcs[0].device)
+    factor = gate_factor(keep, p, srcs[0].dtype)
+    for index, (src, dst) in enumerate(zip(srcs, dsts)):
+        src, dst = as_ncs(src), as_ncs(dst)
+        torch.mul(src, factor[:, index, None, None], out=dst)
+        zero_dropped(dst, keep[:, index, None].expand(N, dst.shape[1]))
 
 
 def _cat_output(branches: List[Tensor]) -> Tensor:
@@ -50,10 +69,12 @@ def _drop_path_split(grad: Tensor, seed: Tensor, p: float, per_sample: bool, siz
 
 def _drop_path_groups(x: Tensor, seed: Tensor, p: float, groups: int, per_sample: bool, use_triton: bool) -> Tensor:
     out = empty_dense_like(x)
-    if x.numel():
-        unit_gate(x, out, seed, p, use_triton,
-                  stream=DropLevel.PATH, per_sample=per_sample, units_per_sample=groups,
-                  channels_per_unit=x.shape[1] // groups)
+    rule = dict(level=DropLevel.PATH, per_sample=per_sample, units_per_sample=groups,
+                channels_per_unit=x.shape[1] // groups)
+    if use_triton:
+        kernels.unit_gate_triton(ncs(x), ncs(out), seed, p, **rule)
+    elif x.numel():
+        unit_gate_torch(as_ncs(x), as_ncs(out), seed, p, **rule)
     return out
 
 

@@ -23,12 +23,10 @@ from torch import Tensor
 from .. import masks
 from .._layout import empty_dense_like, is_channels_minor
 from ..backend import triton_kernels
+from ..levels import DropLevel
+from ..masks import gate_factor, unit_keep_table
 from ._autograd import Op
 from .norm_stats import compute_dtype
-from .unit_gate import gate_factor, unit_keep_table
-from ..levels import DropLevel
-
-DROP_NONE, DROP_NEURON, DROP_CHANNEL = 0, 1, 2
 
 kernels = triton_kernels("norm_act_drop")
 
@@ -59,7 +57,7 @@ class Tables:
 def channel_keep(x: Tensor, seed: Tensor, p: float) -> Tensor:
     """(N, C) keep decisions of drop-channel for ``x`` (the units ``n * C + c`` of ``drop_channel``)."""
     N, C = x.shape[0], x.shape[1]
-    return unit_keep_table(N, C, seed, p, stream=DropLevel.CHANNEL, per_sample=True, units_per_sample=C,
+    return unit_keep_table(N, C, seed, p, level=DropLevel.CHANNEL, per_sample=True, units_per_sample=C,
                            device=x.device)
 
 
@@ -68,16 +66,16 @@ def neuron_drop(x: Tensor, seed: Tensor, p: float) -> Tensor:
     return masks.neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
 
 
-def folded_affine(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, drop: int):
+def folded_affine(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, level: Optional[int]):
     """``(scale', shift')`` broadcastable to ``x``: the affine with dropout's scale folded in
     (+0 for dropped channels). The Triton kernels fold with the same fp32 products."""
     scale, shift = tables.scale, tables.shift
-    if drop == DROP_CHANNEL:
+    if level == DropLevel.CHANNEL:
         keep = channel_keep(x, seed, p)
         factor = masks.keep_scale(p)
         scale = torch.where(keep, scale * factor, 0.0)
         shift = torch.where(keep, shift * factor, 0.0)
-    elif drop == DROP_NEURON:
+    elif level == DropLevel.NEURON:
         factor = masks.keep_scale(p)
         scale, shift = scale * factor, shift * factor
     trailing = (1,) * (x.dim() - 2)
@@ -89,33 +87,34 @@ def _upcast(x: Tensor) -> Tensor:
     return x if x.dtype == cd else x.to(cd)
 
 
-def norm_act_drop_torch(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, act: bool, drop: int) -> Tensor:
+def norm_act_drop_torch(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, act: bool,
+                        level: Optional[int]) -> Tensor:
     """Fallback forward: ``relu(x * scale' + shift')`` then the neuron mask, in place on one fp32 buffer."""
-    scale, shift = folded_affine(x, tables, seed, p, drop)
+    scale, shift = folded_affine(x, tables, seed, p, level)
     z = torch.mul(_upcast(x), scale)
     z.add_(shift)
     if act:
         z.relu_()
-    if drop == DROP_NEURON:
+    if level == DropLevel.NEURON:
         z.masked_fill_(neuron_drop(x, seed, p), 0)
     return z if z.dtype == x.dtype else z.to(x.dtype)
 
 
 def norm_act_drop_backward_torch(grad: Tensor, x: Tensor, tables: Tables, seed: Optional[Tensor], num_groups: int,
-                                 batch_stats: bool, eps: float, act: bool, drop: int, p: float):
+                                 batch_stats: bool, eps: float, act: bool, level: Optional[int], p: float):
     """Fallback backward: the gradient at the affine output (masks recomputed from ``x`` and the seed),
     then PyTorch's native BatchNorm / GroupNorm backward on it. Returns ``(dx, dparams)``, dparams the
     (2, C) weight and bias gradients."""
     N, C = x.shape[0], x.shape[1]
     x32 = _upcast(x)
     dz = _upcast(grad)
-    if drop == DROP_CHANNEL:
+    if level == DropLevel.CHANNEL:
         gate = gate_factor(channel_keep(x, seed, p), p, x32.dtype)
         dz = dz * gate.view(N, C, *(1,) * (x.dim() - 2))
-    elif drop == DROP_NEURON:
+    elif level == DropLevel.NEURON:
         dz = (dz * masks.keep_scale(p)).masked_fill_(neuron_drop(x, seed, p), 0)
     if act:  # the ReLU mask: the recomputed (dropout-scaled) affine output is positive
-        scale, shift = folded_affine(x, tables, seed, p, drop)
+        scale, shift = folded_affine(x, tables, seed, p, level)
         z = torch.mul(x32, scale).add_(shift)
         dz = torch.ops.aten.threshold_backward(dz, z, 0)
         del z
@@ -138,20 +137,21 @@ def norm_act_drop_backward_torch(grad: Tensor, x: Tensor, tables: Tables, seed: 
 
 
 def _norm_act_drop(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor, seed: Optional[Tensor],
-                   num_groups: int, eps: float, act: bool, drop: int, p: float, batch_stats: bool,
+                   num_groups: int, eps: float, act: bool, level: Optional[int], p: float, batch_stats: bool,
                    use_triton: bool) -> Tensor:
     """``drop(relu(norm(x) * weight + bias))`` with given statistics: ``stats`` is ``(2, 1, C)`` (BatchNorm,
     batch or running mean and variance) or ``(2, N, num_groups)`` (GroupNorm). ``batch_stats``: the
-    statistics depend on ``x`` (backward adds their gradient). ``drop``: 0 none, 1 neuron, 2 channel."""
+    statistics depend on ``x`` (backward adds their gradient). ``level``: ``DropLevel.NEURON`` or ``CHANNEL``,
+    or None for no dropout."""
     if x.numel() == 0:
         return empty_dense_like(x)
     if use_triton:
-        return kernels.norm_act_drop_fwd_triton(x, weight, bias, stats, seed, num_groups, eps, p, act, drop)
-    return norm_act_drop_torch(x, Tables(x, weight, bias, stats, num_groups, eps), seed, p, act, drop)
+        return kernels.norm_act_drop_fwd_triton(x, weight, bias, stats, seed, num_groups, eps, p, act, level)
+    return norm_act_drop_torch(x, Tables(x, weight, bias, stats, num_groups, eps), seed, p, act, level)
 
 
 def _norm_act_drop_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor,
-                            seed: Optional[Tensor], num_groups: int, eps: float, act: bool, drop: int, p: float,
+                            seed: Optional[Tensor], num_groups: int, eps: float, act: bool, level: Optional[int], p: float,
                             batch_stats: bool, use_triton: bool) -> Tuple[Tensor, Tensor]:
     """``(grad_x, dparams)`` of ``norm_act_drop``: dparams is the (2, C) gradient of weight and bias in
     the compute dtype (as if weight were ones / bias zeros when they are None)."""
@@ -160,9 +160,9 @@ def _norm_act_drop_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], b
         return empty_dense_like(x), x.new_zeros((2, C), dtype=compute_dtype(x.dtype))
     coupled = batch_stats or num_groups > 0
     if use_triton:
-        return kernels.norm_act_drop_bwd_triton(grad, x, weight, bias, stats, seed, num_groups, eps, p, act, drop, coupled)
+        return kernels.norm_act_drop_bwd_triton(grad, x, weight, bias, stats, seed, num_groups, eps, p, act, level, coupled)
     tables = Tables(x, weight, bias, stats, num_groups, eps)
-    dx, dparams = norm_act_drop_backward_torch(grad, x, tables, seed, num_groups, batch_stats, eps, act, drop, p)
+    dx, dparams = norm_act_drop_backward_torch(grad, x, tables, seed, num_groups, batch_stats, eps, act, level, p)
     if is_channels_minor(x) != is_channels_minor(dx) or dx.dtype != x.dtype:
         out = empty_dense_like(x)
         out.copy_(dx)
@@ -170,7 +170,7 @@ def _norm_act_drop_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], b
     return dx, dparams
 
 
-def _backward_fake(grad, x, weight, bias, stats, seed, num_groups, eps, act, drop, p, batch_stats, use_triton):
+def _backward_fake(grad, x, weight, bias, stats, seed, num_groups, eps, act, level, p, batch_stats, use_triton):
     return empty_dense_like(x), x.new_empty((2, x.shape[1]), dtype=compute_dtype(x.dtype))
 
 

@@ -23,11 +23,11 @@ from .norm_act_drop import norm_act_drop_backward_op, norm_act_drop_op, param_gr
 def _norm_act_drop_conv2d(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor,
                           seed: Optional[Tensor], conv_weight: Tensor, conv_bias: Optional[Tensor],
                           stride: List[int], padding: List[int], dilation: List[int], groups: int,
-                          num_groups: int, eps: float, act: bool, drop: int, p: float, batch_stats: bool,
+                          num_groups: int, eps: float, act: bool, level: Optional[int], p: float, batch_stats: bool,
                           use_triton: bool) -> Tensor:
     """``conv2d(norm_act_drop(x, ...), conv_weight, conv_bias, ...)``; the arguments after ``groups`` are
     those of ``effdrop::norm_act_drop``."""
-    y = norm_act_drop_op.impl(x, weight, bias, stats, seed, num_groups, eps, act, drop, p, batch_stats, use_triton)
+    y = norm_act_drop_op.impl(x, weight, bias, stats, seed, num_groups, eps, act, level, p, batch_stats, use_triton)
     # the convolution computes in its weight's dtype (the autocast dtype under autocast)
     if y.dtype != conv_weight.dtype:
         y = y.to(conv_weight.dtype)
