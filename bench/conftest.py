@@ -49,6 +49,7 @@ import torch
 
 import effdrop_triton
 from bench.baselines import BASELINES, PACKAGE
+from effdrop_triton.testing import saved_for_backward
 
 P = 0.1
 SHAPES = {  # name: ((N, C, H, W), channels_last)
@@ -412,20 +413,6 @@ def make_input(device, shape, dtype):
 
 def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
-
-
-def saved_for_backward(call):
-    """Run ``call()`` once; return its output and the bytes of the storages autograd saved for backward."""
-    storages = {}
-
-    def pack(t):
-        storage = t.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        out = call()
-    return out, sum(storages.values())
 
 
 def pass_function(pass_, call, out, leaves):

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.baselines import eager_twin
-from bench.conftest import saved_for_backward
+from effdrop_triton.testing import saved_for_backward
 from effdrop_triton.models import build_model
 
 PROVIDERS = ("effdrop", "effdrop_compile", "effdrop_reduce_overhead",

@@ -42,19 +42,6 @@ def assert_within_ulp(actual, expected, ulps=1):
     assert worst <= ulps, f"{worst:.2f} ulp apart (allowed {ulps})"
 
 
-def saved_bytes(fn, *inputs):
-    """Bytes of distinct storages that autograd keeps for backward while running ``fn``."""
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn(*inputs)
-    return sum(storages.values())
-
-
 @pytest.fixture(autouse=True)
 def _restore_backend():
     import effdrop_triton

@@ -8,8 +8,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import effdrop_triton as ed
+from effdrop_triton.testing import saved_for_backward
 from effdrop_triton.functional import norm_act_drop, norm_act_drop_conv2d
-from conftest import nonzero_randn, saved_bytes
+from conftest import nonzero_randn
 
 
 @pytest.fixture(autouse=True)
@@ -278,10 +279,10 @@ def test_saved_bytes_of_the_fused_op_and_its_conv_variant(layout, drop_type):
     drop = nn.Dropout2d(0.2) if drop_type == "channel" else nn.Dropout(0.2)
     args = (bn.weight, bn.bias, bn.running_mean, bn.running_var)
     kw = dict(p=0.2, drop_type=drop_type)
-    eager_bytes = saved_bytes(lambda t: drop(F.relu(bn(t))), x)
-    eager_conv_bytes = saved_bytes(lambda t: conv(drop(F.relu(bn(t)))), x)
-    fused_bytes = saved_bytes(lambda t: norm_act_drop(t, *args, **kw), x)
-    fused_conv_bytes = saved_bytes(lambda t: norm_act_drop_conv2d(t, *args, conv.weight, **kw), x)
+    eager_bytes = saved_for_backward(lambda t: drop(F.relu(bn(t))), x)[1]
+    eager_conv_bytes = saved_for_backward(lambda t: conv(drop(F.relu(bn(t)))), x)[1]
+    fused_bytes = saved_for_backward(lambda t: norm_act_drop(t, *args, **kw), x)[1]
+    fused_conv_bytes = saved_for_backward(lambda t: norm_act_drop_conv2d(t, *args, conv.weight, **kw), x)[1]
     activation = x.numel() * x.element_size()
     weights = conv.weight.numel() * 4
     # the input and per-channel constants only: nothing else per element
