@@ -1,4 +1,4 @@
-"""Every bad input of SPEC section 6 gets a clear error naming the argument and the value."""
+"""Every bad input gets a clear error naming the argument and the value; nothing is broadcast, truncated or promoted silently."""
 
 import math
 
