@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Union
 
 import torch
 
 SEED_LIMIT = 1 << 63
+Seed = Union[int, torch.Tensor, None]  # a seed argument: an int, a 0-d int64 tensor, or None (drawn)
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

@@ -37,3 +37,6 @@ class DropLevel(enum.IntEnum):
     def label(self) -> str:
         """The level's name as the API spells it: "neuron", "channel", "path" or "layer"."""
         return self.name.lower()
+
+
+INNER_LEVELS = (DropLevel.NEURON, DropLevel.CHANNEL)  # the levels that act inside a norm or conv block

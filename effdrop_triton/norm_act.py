@@ -17,9 +17,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._checks import check_p
-from .functional import (INNER_LEVELS, NormSettings, conv_args, drop_channel, drop_neuron, fused_norm_act_drop,
-                         input_channel_stats)
-from .levels import DropLevel
+from .functional import drop_channel, drop_neuron
+from .levels import INNER_LEVELS, DropLevel
+from .ops.norm_act_drop import NormSettings, fused_norm_act_drop, input_channel_stats
+from .ops.norm_act_drop_conv2d import conv_args
 
 
 def check_inner_drop_type(drop_type: Union[int, str]) -> DropLevel:

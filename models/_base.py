@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from effdrop_triton._checks import check_mode, check_p
 from effdrop_triton.blocks import BLOCK_TYPES, NORMS, ConvBlock, make_norm_act
-from effdrop_triton.functional import INNER_LEVELS
-from effdrop_triton.levels import DropLevel
+from effdrop_triton.levels import INNER_LEVELS, DropLevel
 
 
 def norm_groups(gn_groups: int, channels: int) -> int:

@@ -1,4 +1,5 @@
-"""Drop-channel custom op: one draw per (sample, channel) map; backward = same op on the gradient.
+"""Drop-channel: one draw per (sample, channel) map; the public function and its custom op (backward = the
+same op on the gradient).
 
 The kernel is the unit gate shared with drop-path and drop-layer's gradient (``kernels/unit_gate.py``);
 the fallback is the same gate in PyTorch (``masks.unit_gate_torch``), unit ``n * C + c``.
@@ -8,8 +9,9 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from .._checks import Seed, check_float_tensor, check_p, check_seed, resolve_seed
 from .._layout import as_ncs, empty_dense_like, ncs
-from ..backend import triton_kernels
+from ..backend import triton_kernels, use_triton
 from ..levels import DropLevel
 from ..masks import unit_gate_torch
 from ._autograd import self_adjoint
@@ -29,3 +31,15 @@ def _drop_channel(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor
 
 drop_channel_op = self_adjoint("effdrop::drop_channel", _drop_channel,
                                lambda x, seed, p, use_triton: empty_dense_like(x))
+
+
+def drop_channel(x: Tensor, p: float, training: bool = True, seed: Seed = None) -> Tensor:
+    """Drop whole (sample, channel) maps of an ``(N, C, *)`` tensor (as ``F.dropout2d`` / ``dropout3d``)."""
+    check_float_tensor(x, "x")
+    if x.dim() < 2:
+        raise ValueError(f"drop_channel needs an (N, C, *) tensor with at least 2 dims, got shape {tuple(x.shape)}")
+    p = check_p(p)
+    check_seed(seed)
+    if not training or p == 0.0:
+        return x
+    return drop_channel_op(x, resolve_seed(seed, x.device), p, use_triton(x))

@@ -1,4 +1,4 @@
-"""Drop-layer custom ops: the fused residual add ``shortcut + gate * branch / (1 - p)``
+"""Drop-layer: the public function and its custom ops, the fused residual add ``shortcut + gate * branch / (1 - p)``
 and the per-sample gate of its branch gradient (``layer_gate``, its own derivative)."""
 
 from __future__ import annotations
@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._checks import Seed, check_float_tensor, check_mode, check_p, check_seed, resolve_seed
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
-from ..backend import triton_kernels
+from ..backend import triton_kernels, use_triton
 from ..levels import DropLevel
 from ..masks import gate_factor, unit_gate_torch, unit_keep_table
 from ._autograd import Op, self_adjoint
@@ -101,3 +102,28 @@ drop_layer_op = Op(
     "effdrop::drop_layer", _drop_layer,
     lambda branch, shortcut, seed, p, per_sample, use_triton: _layer_output(branch, shortcut, use_triton),
     _backward_layer, _setup_layer, grad_inputs=(0, 1))
+
+
+def drop_layer(branch: Tensor, shortcut: Tensor, p: float, training: bool = True, mode: str = "sample",
+               seed: Seed = None) -> Tensor:
+    """Fused residual add with a dropped branch: ``shortcut + gate * branch / (1 - p)``.
+
+    ``mode="sample"`` drops the branch of single samples (stochastic depth, ``"row"``),
+    ``"batch"`` of the whole batch.
+    """
+    per_sample = check_mode(mode)
+    check_float_tensor(branch, "branch")
+    check_float_tensor(shortcut, "shortcut")
+    if branch.shape != shortcut.shape:
+        raise ValueError(f"drop_layer needs branch and shortcut of one shape, got {tuple(branch.shape)} and {tuple(shortcut.shape)}")
+    if branch.dtype != shortcut.dtype:
+        raise ValueError(f"drop_layer needs branch and shortcut of one dtype, got {branch.dtype} and {shortcut.dtype}")
+    if branch.device != shortcut.device:
+        raise ValueError(f"drop_layer needs branch and shortcut on one device, got {branch.device} and {shortcut.device}")
+    if branch.dim() < 1:
+        raise ValueError("drop_layer needs (N, *) tensors, got 0-d tensors")
+    p = check_p(p)
+    check_seed(seed)
+    if not training or p == 0.0:
+        return shortcut + branch
+    return drop_layer_op(branch, shortcut, resolve_seed(seed, branch.device), p, per_sample, use_triton(branch))

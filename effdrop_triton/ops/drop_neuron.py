@@ -1,4 +1,5 @@
-"""Drop-neuron custom op: fallback, Triton dispatch, autograd (backward = same op on the gradient)."""
+"""Drop-neuron: the public function, its custom op with autograd (backward = same op on the gradient), the
+PyTorch fallback and the Triton dispatch."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import torch
 from torch import Tensor
 
 from .. import masks
+from .._checks import Seed, check_float_tensor, check_p, check_seed, resolve_seed
 from .._layout import empty_dense_like
-from ..backend import triton_kernels
+from ..backend import triton_kernels, use_triton
 from ._autograd import self_adjoint
 
 
@@ -30,3 +32,13 @@ def _drop_neuron(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
 
 drop_neuron_op = self_adjoint("effdrop::drop_neuron", _drop_neuron,
                               lambda x, seed, p, use_triton: empty_dense_like(x))
+
+
+def drop_neuron(x: Tensor, p: float, training: bool = True, seed: Seed = None) -> Tensor:
+    """Drop single elements with probability ``p`` (as ``F.dropout``), scaling the rest by ``1 / (1 - p)``."""
+    check_float_tensor(x, "x")
+    p = check_p(p)
+    check_seed(seed)
+    if not training or p == 0.0:
+        return x
+    return drop_neuron_op(x, resolve_seed(seed, x.device), p, use_triton(x))

@@ -1,4 +1,4 @@
-"""Drop-path custom ops: gate the paths of a multi-path transformation.
+"""Drop-path: gate the paths of a multi-path transformation; the public function and its custom ops.
 
 ``drop_path_cat`` gates a list of branches straight into their concatenation and
 ``drop_path_split`` is its backward (gate the gradient, split it per branch); each is
@@ -8,13 +8,14 @@ of one tensor and is its own derivative.
 
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
 
+from .._checks import Seed, check_float_tensor, check_groups, check_mode, check_p, check_seed, resolve_seed
 from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor, ncs
-from ..backend import triton_kernels
+from ..backend import triton_kernels, use_triton
 from ..levels import DropLevel
 from ..masks import gate_factor, unit_gate_torch, unit_keep_table, zero_dropped
 from ._autograd import Op, self_adjoint, traced
@@ -154,3 +155,58 @@ drop_path_cat_op = _ListOp("effdrop::drop_path_cat", _drop_path_cat,
 drop_path_split_op = _ListOp("effdrop::drop_path_split", _drop_path_split,
                              lambda grad, seed, p, per_sample, sizes, use_triton: _split_outputs(grad, sizes),
                              _backward_split, _setup_split, function=_DropPathSplit)
+
+
+def _check_branches(branches: Sequence[Tensor]) -> list:
+    branches = list(branches)
+    if not branches:
+        raise ValueError("drop_path needs at least one branch, got an empty list")
+    first = check_float_tensor(branches[0], "branches[0]")
+    if first.dim() < 2:
+        raise ValueError(f"drop_path branches must be (N, C, *) tensors, branches[0] has shape {tuple(first.shape)}")
+    for i, branch in enumerate(branches[1:], start=1):
+        check_float_tensor(branch, f"branches[{i}]")
+        if branch.dim() != first.dim() or branch.shape[0] != first.shape[0] or branch.shape[2:] != first.shape[2:]:
+            raise ValueError(
+                f"drop_path branches must share N and spatial size: branches[0] has shape {tuple(first.shape)}, "
+                f"branches[{i}] has shape {tuple(branch.shape)}"
+            )
+        if branch.dtype != first.dtype:
+            raise ValueError(f"drop_path branches must share a dtype: branches[0] is {first.dtype}, branches[{i}] is {branch.dtype}")
+        if branch.device != first.device:
+            raise ValueError(f"drop_path branches must share a device: branches[0] is on {first.device}, branches[{i}] on {branch.device}")
+    return branches
+
+
+def drop_path(branches: Union[Tensor, Sequence[Tensor]], p: float, training: bool = True, mode: str = "sample",
+              groups: Optional[int] = None, seed: Seed = None) -> Tensor:
+    """Drop paths of a multi-path transformation; the output is the gated paths concatenated on dim 1.
+
+    ``branches`` is a list of ``(N, C_i, *)`` tensors, or one ``(N, C, *)`` tensor whose
+    channels form ``groups`` equal paths. ``mode="sample"`` draws per (sample, path),
+    ``"batch"`` per path for the whole batch.
+    """
+    per_sample = check_mode(mode)
+    if isinstance(branches, Tensor):
+        x = check_float_tensor(branches, "branches")
+        if groups is None:
+            raise ValueError("drop_path on a single tensor needs groups=G (its channels form G paths); pass a list of branches otherwise")
+        check_groups(groups)
+        if x.dim() < 2 or x.shape[1] % groups:
+            raise ValueError(f"groups={groups} must divide the channel dim of branches, got shape {tuple(x.shape)}")
+        p = check_p(p)
+        check_seed(seed)
+        if not training or p == 0.0:
+            return x
+        return drop_path_groups_op(x, resolve_seed(seed, x.device), p, groups, per_sample, use_triton(x))
+    if groups is not None:
+        raise ValueError(f"groups={groups!r} applies to a single tensor; a list of branches already names its paths")
+    if not isinstance(branches, (list, tuple)):
+        raise TypeError(f"branches must be a tensor or a list of tensors, got {type(branches).__name__}")
+    branches = _check_branches(branches)
+    p = check_p(p)
+    check_seed(seed)
+    if not training or p == 0.0:
+        return torch.cat(branches, dim=1)
+    first = branches[0]
+    return drop_path_cat_op(branches, resolve_seed(seed, first.device), p, per_sample, use_triton(first))

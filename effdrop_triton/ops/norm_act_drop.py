@@ -1,4 +1,6 @@
-"""Fused normalization -> affine -> ReLU -> drop-neuron / drop-channel custom op.
+"""Fused normalization -> affine -> ReLU -> drop-neuron / drop-channel: ``norm_act_drop``, its custom op
+and the forward every caller goes through (``fused_norm_act_drop``: the public function, the
+norm-act-drop modules and the conv variant).
 
 The statistics come in as one ``(2, R, G)`` input (``effdrop::norm_stats``, or the running
 statistics stacked); this op is the apply pass and its backward. Per channel (BatchNorm) or per
@@ -15,18 +17,19 @@ On the Triton path it is two launches (``kernels/norm_act_drop.py``).
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import NamedTuple, Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
 from .. import masks
+from .._checks import Seed, check_float_tensor, check_p, check_seed, resolve_seed
 from .._layout import empty_dense_like, is_channels_minor
-from ..backend import triton_kernels
-from ..levels import DropLevel
+from ..backend import triton_kernels, use_triton
+from ..levels import INNER_LEVELS, DropLevel
 from ..masks import gate_factor, unit_keep_table
-from ._autograd import Op
-from .norm_stats import compute_dtype
+from ._autograd import Op, traced
+from .norm_stats import compute_dtype, norm_stats_op
 
 kernels = triton_kernels("norm_act_drop")
 
@@ -202,3 +205,163 @@ norm_act_drop_backward_op = Op("effdrop::norm_act_drop_backward", _norm_act_drop
                                _no_double_backward, lambda ctx, inputs, output: None, grad_inputs=(0, 1, 2, 3))
 norm_act_drop_op = Op("effdrop::norm_act_drop", _norm_act_drop, lambda x, *args: empty_dense_like(x),
                       _backward, _setup, grad_inputs=(0, 1, 2))
+
+
+# --- the public function: checks, settings and the forward every caller (modules too) goes through ---
+
+_NORMS = ("bn", "gn")
+
+
+def _check_param(t, name: str, x: Tensor) -> None:
+    if t is None:
+        return
+    check_float_tensor(t, name)
+    if t.shape != (x.shape[1],):
+        raise ValueError(f"{name} must have shape ({x.shape[1]},) (the channels of x), got {tuple(t.shape)}")
+    if t.device != x.device:
+        raise ValueError(f"{name} must be on x's device {x.device}, got {t.device}")
+
+
+def _check_real(value, name: str, minimum: Optional[float] = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if value != value or (minimum is not None and value < minimum):
+        raise ValueError(f"{name} must be a number >= {minimum}, got {value}")
+    return value
+
+
+def _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training, use_batch_stats,
+                        momentum, num_batches_tracked, eps, act, drop_type, p, seed, input_stats) -> "NormSettings":
+    """Validate ``norm_act_drop``'s arguments; returns the resolved settings."""
+    check_float_tensor(x, "x")
+    if x.dim() < 2:
+        raise ValueError(f"norm_act_drop needs an (N, C, *) tensor with at least 2 dims, got shape {tuple(x.shape)}")
+    if norm not in _NORMS:
+        raise ValueError(f"norm must be one of {_NORMS}, got {norm!r}")
+    level = DropLevel.parse(drop_type, "drop_type", INNER_LEVELS)
+    for name, flag in (("training", training), ("act", act), ("input_stats", input_stats)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"{name} must be a bool, got {type(flag).__name__} {flag!r}")
+    if use_batch_stats is not None and not isinstance(use_batch_stats, bool):
+        raise TypeError(f"use_batch_stats must be None or a bool, got {type(use_batch_stats).__name__} {use_batch_stats!r}")
+    _check_param(weight, "weight", x)
+    _check_param(bias, "bias", x)
+    _check_param(running_mean, "running_mean", x)
+    _check_param(running_var, "running_var", x)
+    p = check_p(p)
+    check_seed(seed)
+    eps = _check_real(eps, "eps", 0.0)
+    if momentum is None:
+        if not (isinstance(num_batches_tracked, Tensor) and num_batches_tracked.dim() == 0
+                and not num_batches_tracked.is_floating_point() and num_batches_tracked.device == x.device):
+            raise ValueError("momentum=None (a cumulative average) needs num_batches_tracked, a 0-d integer tensor on "
+                             f"x's device counting this batch, got {num_batches_tracked!r}")
+    else:
+        momentum = _check_real(momentum, "momentum")
+        num_batches_tracked = None
+    C = x.shape[1]
+    if norm == "gn":
+        if running_mean is not None or running_var is not None:
+            raise ValueError("norm='gn' keeps no running statistics: pass running_mean=None and running_var=None")
+        if use_batch_stats is False:
+            raise ValueError("norm='gn' always normalizes with the statistics of each sample; use_batch_stats=False is BatchNorm only")
+        if isinstance(num_groups, bool) or not isinstance(num_groups, int) or num_groups < 1 or C % num_groups:
+            raise ValueError(f"num_groups must be a positive int dividing the {C} channels of x, got {num_groups!r}")
+        groups, batch_stats = num_groups, True
+    else:
+        if num_groups is not None:
+            raise ValueError(f"num_groups={num_groups!r} applies to norm='gn' only")
+        if (running_mean is None) != (running_var is None):
+            raise ValueError("running_mean and running_var must be given together (or both None)")
+        groups = 0
+        batch_stats = use_batch_stats if use_batch_stats is not None else (training or running_mean is None)
+        if not batch_stats and running_mean is None:
+            raise ValueError("normalizing with running statistics (use_batch_stats=False) needs running_mean and running_var")
+        count = x.numel() // C if C else 0
+        if batch_stats and count <= 1:
+            raise ValueError(f"Expected more than 1 value per channel when training, got input size {tuple(x.shape)}")
+    return NormSettings(groups, batch_stats, 0.0 if momentum is None else momentum, num_batches_tracked, eps, act,
+                        level if training and p > 0.0 else None, p)
+
+
+class NormSettings(NamedTuple):
+    """The resolved settings of a norm-act-drop call (what the ops take besides tensors)."""
+    num_groups: int  # 0: BatchNorm
+    batch_stats: bool  # normalize with this batch's statistics (and update the running ones, when given)
+    momentum: float
+    num_batches_tracked: Optional[Tensor]  # momentum=None: the cumulative average's weight is 1 / this
+    eps: float
+    act: bool
+    level: Optional[DropLevel]  # NEURON or CHANNEL; None: no dropout (eval, or p == 0)
+    p: float
+
+
+def batch_or_running_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], settings: NormSettings,
+               triton: bool) -> Tensor:
+    """The ``(2, R, G)`` statistics the apply pass normalizes with. BatchNorm with batch statistics
+    updates the running ones in place, as ``F.batch_norm`` does; with running statistics they are
+    stacked into a copy (later in-place updates of the buffers must not change this call's backward)."""
+    if settings.batch_stats:
+        # the statistics are not differentiated through (the fused op's formula covers them); a traced call
+        # must say so, the eager one skips the view
+        return norm_stats_op(x.detach() if traced(x) else x, running_mean, running_var,
+                             settings.num_batches_tracked, settings.num_groups, settings.momentum, triton)
+    return torch.stack((running_mean, running_var)).view(2, 1, x.shape[1])
+
+
+def input_channel_stats(x: Tensor):
+    """Per-channel fp32 mean and biased variance of an ``(N, C, *)`` tensor over ``(N, *spatial)``, detached."""
+    var, mean = torch.var_mean(x.detach().float(), dim=[0, *range(2, x.dim())], correction=0)
+    return mean, var
+
+
+def norm_act_drop(x: Tensor, weight: Optional[Tensor] = None, bias: Optional[Tensor] = None,
+                  running_mean: Optional[Tensor] = None, running_var: Optional[Tensor] = None, *, norm: str = "bn",
+                  num_groups: Optional[int] = None, training: bool = True, use_batch_stats: Optional[bool] = None,
+                  momentum: Optional[float] = 0.1, num_batches_tracked: Optional[Tensor] = None, eps: float = 1e-5,
+                  act: bool = True, drop_type: Union[str, int] = "channel", p: float = 0.0, seed: Seed = None,
+                  input_stats: bool = False):
+    """norm -> affine -> ReLU (``act``) -> drop-neuron / drop-channel (``drop_type`` "neuron"/"channel" or 0/1), fused.
+
+    ``norm="bn"`` (BatchNorm) or ``"gn"`` (GroupNorm with ``num_groups``). ``training``: dropout is
+    active (and, for BatchNorm, batch statistics are the default). ``use_batch_stats`` (BatchNorm
+    only): None -> ``training`` or running statistics absent, as ``nn.BatchNorm2d``. BatchNorm with
+    batch statistics and running statistics given updates ``running_mean``/``running_var`` in place
+    like ``F.batch_norm`` (``momentum`` is the exponential factor; the variance is unbiased), on the
+    device; ``momentum=None`` is the cumulative average, with weight ``1 / num_batches_tracked``
+    read on the device (a 0-d integer tensor that already counts this batch, as ``nn.BatchNorm2d``'s).
+    The dropout mask is the one ``drop_neuron`` / ``drop_channel`` draws for the same seed and shape.
+
+    Backward keeps ``x`` and the statistics (nothing else per element) and recomputes the masks.
+    ``input_stats=True`` returns ``(y, (mean_c, var_c))``: the per-channel fp32 mean and biased
+    variance of ``x`` over ``(N, *spatial)``, detached.
+    """
+    settings = _norm_act_drop_args(x, weight, bias, running_mean, running_var, norm, num_groups, training,
+                                   use_batch_stats, momentum, num_batches_tracked, eps, act, drop_type, p, seed,
+                                   input_stats)
+    return fused_norm_act_drop(x, weight, bias, running_mean, running_var, settings, seed, input_stats)
+
+
+def fused_norm_act_drop(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], running_mean: Optional[Tensor],
+                        running_var: Optional[Tensor], settings: NormSettings, seed: Seed = None,
+                        input_stats: bool = False, conv: Optional[tuple] = None):
+    """``norm_act_drop`` (or, with ``conv = (conv_weight, conv_bias, stride, padding, dilation, groups)``,
+    ``norm_act_drop_conv2d``) with checked arguments: the statistics op, the seed draw and the fused op."""
+    triton = use_triton(x)
+    stats = batch_or_running_stats(x, running_mean, running_var, settings, triton)
+    seed_tensor = None if settings.level is None else resolve_seed(seed, x.device)
+    args = (settings.num_groups, settings.eps, settings.act, settings.level, settings.p, settings.batch_stats, triton)
+    if conv is None:
+        y = norm_act_drop_op(x, weight, bias, stats, seed_tensor, *args)
+    else:
+        y = norm_act_drop_conv2d_op(x, weight, bias, stats, seed_tensor, *conv, *args)
+    if not input_stats:
+        return y
+    if settings.batch_stats and not settings.num_groups and x.dtype != torch.float64:
+        return y, (stats[0, 0], stats[1, 0])  # BatchNorm's batch statistics are the input's
+    return y, input_channel_stats(x)
+
+
+# the conv variant builds on this op (its module imports this one), so it comes in last
+from .norm_act_drop_conv2d import norm_act_drop_conv2d_op  # noqa: E402
