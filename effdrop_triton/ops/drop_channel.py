@@ -19,14 +19,19 @@ from ._autograd import self_adjoint
 kernels = triton_kernels("unit_gate")
 
 
-def _drop_channel(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
+def unit_gate(x: Tensor, seed: Tensor, p: float, use_triton: bool, **rule) -> Tensor:
+    """``x`` with every (sample, channel) row scaled by its unit's gate, ``rule`` as ``masks.unit_keep_table``'s:
+    drop-channel here, drop-path over channel groups in ``drop_path``."""
     out = empty_dense_like(x)
-    rule = dict(level=DropLevel.CHANNEL, per_sample=True, units_per_sample=x.shape[1])
     if use_triton:
         kernels.unit_gate_triton(ncs(x), ncs(out), seed, p, **rule)
     elif x.numel():
         unit_gate_torch(as_ncs(x), as_ncs(out), seed, p, **rule)
     return out
+
+
+def _drop_channel(x: Tensor, seed: Tensor, p: float, use_triton: bool) -> Tensor:
+    return unit_gate(x, seed, p, use_triton, level=DropLevel.CHANNEL, per_sample=True, units_per_sample=x.shape[1])
 
 
 drop_channel_op = self_adjoint("effdrop::drop_channel", _drop_channel,

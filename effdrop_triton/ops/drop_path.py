@@ -14,11 +14,12 @@ import torch
 from torch import Tensor
 
 from .._checks import Seed, check_float_tensor, check_groups, check_mode, check_p, check_seed, resolve_seed
-from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor, ncs
+from .._layout import as_ncs, empty_dense, empty_dense_like, is_channels_minor
 from ..backend import triton_kernels, use_triton
 from ..levels import DropLevel
-from ..masks import gate_factor, unit_gate_torch, unit_keep_table, zero_dropped
+from ..masks import gate_factor, unit_keep_table, zero_dropped
 from ._autograd import Op, self_adjoint, traced
+from .drop_channel import unit_gate
 
 
 kernels = triton_kernels("unit_gate")
@@ -69,14 +70,8 @@ def _drop_path_split(grad: Tensor, seed: Tensor, p: float, per_sample: bool, siz
 
 
 def _drop_path_groups(x: Tensor, seed: Tensor, p: float, groups: int, per_sample: bool, use_triton: bool) -> Tensor:
-    out = empty_dense_like(x)
-    rule = dict(level=DropLevel.PATH, per_sample=per_sample, units_per_sample=groups,
-                channels_per_unit=x.shape[1] // groups)
-    if use_triton:
-        kernels.unit_gate_triton(ncs(x), ncs(out), seed, p, **rule)
-    elif x.numel():
-        unit_gate_torch(as_ncs(x), as_ncs(out), seed, p, **rule)
-    return out
+    return unit_gate(x, seed, p, use_triton, level=DropLevel.PATH, per_sample=per_sample, units_per_sample=groups,
+                     channels_per_unit=x.shape[1] // groups)
 
 
 drop_path_groups_op = self_adjoint("effdrop::drop_path_groups", _drop_path_groups,
