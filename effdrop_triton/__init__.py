@@ -2,6 +2,7 @@
 Triton kernels with a bit-identical PyTorch fallback (Cai et al., arXiv 1904.03392)."""
 
 from .backend import get_backend, set_backend, use_backend
+from .levels import DropLevel
 from .functional import drop_channel, drop_layer, drop_neuron, drop_path, norm_act_drop, norm_act_drop_conv2d
 from .modules import DropChannel, DropLayer, DropNeuron, DropPath, Residual, make_drop
 from .norm_act import BatchNormActDrop2d, GroupNormActDrop, SyncBatchNormActDrop2d, convert_sync_batchnorm
@@ -16,5 +17,5 @@ __all__ = [
     "DropNeuron", "DropChannel", "DropPath", "DropLayer", "Residual", "make_drop",
     "BatchNormActDrop2d", "GroupNormActDrop", "SyncBatchNormActDrop2d", "convert_sync_batchnorm", "ConvBlock", "set_fused", "convert",
     "track_variance_shift", "variance_shift", "reset_variance_shift",
-    "set_backend", "get_backend", "use_backend",
+    "set_backend", "get_backend", "use_backend", "DropLevel",
 ]

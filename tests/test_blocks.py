@@ -152,6 +152,23 @@ def test_batchnorm_module_tracks_running_stats_like_pytorch(momentum, fused):
     torch.testing.assert_close(ours(x), theirs(x))
 
 
+@pytest.mark.parametrize("norm", ["bn", "gn"])
+def test_block_type_0_calls_its_norm_module_once(norm):
+    """The fused norm-ReLU-drop-conv goes through the norm module's forward: its hooks see the call and the
+    batch is counted there, once per training call, as nn.BatchNorm2d counts it."""
+    block = ed.ConvBlock(4, 6, 3, block_type=0, norm=norm, gn_groups=2, drop_rate=0.2, padding=1)
+    calls = []
+    block.norm.register_forward_hook(lambda module, args, out: calls.append((args[0].shape, out.shape)))
+    x = torch.randn(3, 4, 5, 5)
+    out = block(x)
+    assert calls == [((3, 4, 5, 5), (3, 6, 5, 5))] and out.shape == (3, 6, 5, 5)
+    if norm == "bn":
+        assert int(block.norm.num_batches_tracked) == 1
+        block(x)
+        block.eval()(x)
+        assert int(block.norm.num_batches_tracked) == 2
+
+
 def test_state_dict_loads_both_ways():
     ours = BatchNormActDrop2d(7, drop_rate=0.2, track_stats=True)
     ours(torch.randn(4, 7, 3, 3))

@@ -54,6 +54,18 @@ def test_make_drop(drop_type, cls):
     assert type(module) is cls and module.p == 0.25
 
 
+def test_one_level_vocabulary_from_make_drop_to_the_norm_modules():
+    """0-3 and the names are the one ``DropLevel``; modules store it and show its name."""
+    assert type(ed.make_drop(ed.DropLevel.PATH, 0.1)) is ed.DropPath
+    for drop_type in (0, "neuron", ed.DropLevel.NEURON):
+        norm = ed.BatchNormActDrop2d(4, drop_type=drop_type, drop_rate=0.1)
+        assert norm.drop_type is ed.DropLevel.NEURON and "drop_type='neuron'" in repr(norm)
+    assert ed.GroupNormActDrop(2, 4, drop_type=1).drop_type is ed.DropLevel.CHANNEL
+    for drop_type in (2, "layer"):
+        with pytest.raises(ValueError, match="inside a norm/conv block must be 'neuron' \\(0\\) or 'channel' \\(1\\)"):
+            ed.BatchNormActDrop2d(4, drop_type=drop_type)
+
+
 def test_module_validates_p():
     with pytest.raises(ValueError, match="p must be in"):
         ed.DropChannel(1.2)
