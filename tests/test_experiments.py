@@ -1,4 +1,4 @@
-"""The variance-shift experiment script: its measurement leaves the model alone and sees the shift."""
+"""The block types' variance-shift experiment script: its measurement leaves the model alone and sees the shift."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 pytest.importorskip("sklearn")
 
-from effdrop_triton.experiments import variance_shift as experiment  # noqa: E402
+from effdrop_triton.experiments import block_types as experiment  # noqa: E402
 from effdrop_triton.models import preresnet  # noqa: E402
 
 

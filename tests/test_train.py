@@ -8,12 +8,15 @@ real on these files. Runs that need their own process (a signal, torchrun, the c
 use the built-in digits.
 """
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import pickle
 import re
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -31,10 +34,12 @@ import yaml  # noqa: E402
 from torchvision.datasets import CIFAR10  # noqa: E402
 
 from effdrop_triton import train  # noqa: E402
-from effdrop_triton.checkpoint import load_checkpoint  # noqa: E402
-from effdrop_triton.models import build_model  # noqa: E402
-from effdrop_triton.schedules import build_scheduler  # noqa: E402
-from effdrop_triton.train_data import load_datasets, stratified_split  # noqa: E402
+from effdrop_triton.models import FAMILIES, build_model  # noqa: E402
+from effdrop_triton.train import checkpoint  # noqa: E402
+from effdrop_triton.train.checkpoint import atomic_write, load_checkpoint, save_atomic, write_text_atomic  # noqa: E402
+from effdrop_triton.train.data import load_datasets, stratified_split  # noqa: E402
+from effdrop_triton.train.schedules import build_scheduler  # noqa: E402
+from effdrop_triton.train.trainer import model_kwargs  # noqa: E402
 
 BIN = Path(sys.executable).parent
 TINY = ["--model", "wrn", "--depth", "10", "--widen-factor", "1", "--batch-size", "16", "--no-progress"]
@@ -104,7 +109,9 @@ def cli_exit(argv, capsys):
     return exit_info.value.code, capsys.readouterr().err
 
 
-def test_cifar10_one_epoch_writes_the_run_folder(cifar10, tmp_path):
+def test_cifar10_one_epoch_writes_the_run_folder(cifar10, tmp_path, monkeypatch):
+    written = []
+    monkeypatch.setattr(checkpoint, "atomic_write", lambda path: written.append(Path(path).name) or atomic_write(path))
     out = tmp_path / "run"
     results = run(cifar_args(cifar10, out, "--epochs", 1, "--report-ratio"))
 
@@ -112,6 +119,9 @@ def test_cifar10_one_epoch_writes_the_run_folder(cifar10, tmp_path):
     assert {"config.yaml", "metrics.jsonl", "train.log", "last.pt", "best.pt", "results.json"} <= names
     assert any(name.startswith("events.out.tfevents") and (out / name).stat().st_size > 0 for name in names)
     assert not [name for name in names if name.endswith(".tmp")]
+    # every file but the log and TensorBoard's events went through the one atomic writer
+    streamed = {"train.log"} | {name for name in names if name.startswith("events.out.tfevents")}
+    assert set(written) == names - streamed
 
     (record,) = metrics(out)
     assert METRIC_KEYS <= record.keys() and record["epoch"] == 0 and record["lr"] == 0.1
@@ -350,7 +360,8 @@ def test_corrupt_cifar_file_exits_2(cifar10, tmp_path, capsys):
     (["--model", "densenet", "--drop-type", "layer"], "densenet has none"),
     (["--model", "wrn", "--depth", "11"], "wrn depth must be 6n+4"),
     (["--model", "preresnet", "--growth-rate", "12"], "--growth-rate applies to densenet"),
-    (["--drop-type", "dropblock"], "must be one of neuron, channel, path, layer or 0-3, got 'dropblock'"),
+    (["--drop-type", "dropblock"], "drop_type must be one of 0 / 'neuron', 1 / 'channel', 2 / 'path', 3 / 'layer', "
+                                   "got 'dropblock'"),
     (["--lr", "0"], "--lr must be > 0"),
 ])
 def test_bad_model_settings_exit_2_before_loading_data(argv, message, tmp_path, capsys):
@@ -483,3 +494,49 @@ def test_compile_mode_resumes_exactly_and_checkpoints_the_plain_model(cifar10, t
     model.load_state_dict(weights(tmp_path / "resumed" / "last.pt"))  # no torch.compile wrapper prefixes
     config = yaml.safe_load((tmp_path / "resumed" / "config.yaml").read_text())
     assert config["compile"] is True and config["compile_mode"] == "reduce-overhead"
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_family_options_and_depths_are_the_model_registrys(family, monkeypatch):
+    record = FAMILIES[family]
+    shared = {"depth", "num_classes", "in_channels", "block_type", "norm", "gn_groups", "drop_type", "drop_rate",
+              "drop_mode", "skip_dropped", "fused"}  # what every builder takes; the rest are the family's options
+    assert set(record.options) == set(inspect.signature(record.build).parameters) - shared
+    assert set(record.options) <= {action.dest for action in train.get_args_parser()._actions}  # each has a flag
+    cfg = train.resolve(train.parse_args(["--model", family]))  # default depth: the smallest the builder takes
+    assert cfg.depth == record.smallest_depth
+    with torch.device("meta"):
+        build_model(family, **model_kwargs(cfg, 10, 3))
+        for depth in range(1, cfg.depth):
+            with pytest.raises(ValueError, match="depth"):
+                build_model(family, **{**model_kwargs(cfg, 10, 3), "depth": depth})
+    for alias in ("arg1", "arg2"):  # the paper repository's --arg1/--arg2 set the registry's options
+        if getattr(record, alias) is not None:
+            assert getattr(train.resolve(train.parse_args(["--model", family, f"--{alias}", "3"])),
+                           getattr(record, alias)) == 3
+    for other in set(FAMILIES) - {family}:  # another family's options are refused
+        for flag in (f"--{option.replace('_', '-')}" for option in FAMILIES[other].options):
+            with pytest.raises(train.UsageError, match=f"{flag} applies to {other}"):
+                train.resolve(train.parse_args(["--model", family, flag if flag == "--bottleneck" else f"{flag}=1"]))
+    # the trainer reads the registry, it holds no copy of it
+    monkeypatch.setitem(FAMILIES, family, dataclasses.replace(record, smallest_depth=record.smallest_depth + 99))
+    assert train.resolve(train.parse_args(["--model", family])).depth == cfg.depth + 99
+
+
+def test_atomic_writer_fsyncs_file_then_folder_and_an_interrupted_write_leaves_the_old_file(tmp_path, monkeypatch):
+    path, synced, fsync = tmp_path / "last.pt", [], os.fsync
+    save_atomic({"epoch": 1}, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append((stat.S_ISDIR(os.fstat(fd).st_mode),
+                                                              path.read_bytes())) or fsync(fd))
+    with pytest.raises(RuntimeError, match="killed"):
+        with atomic_write(path) as f:
+            f.write(b"half a checkpoint")
+            raise RuntimeError("killed mid-write")
+    with pytest.raises(Exception, match="lambda"):  # torch.save itself fails part-way
+        save_atomic({"weights": torch.zeros(1000), "hook": lambda: None}, path)
+    assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["last.pt"]  # no temporary file
+    assert synced == []
+    write_text_atomic(path, "new")
+    # the new bytes are on disk before they replace the old file, and the rename is synced after
+    assert synced == [(False, before), (True, b"new")]

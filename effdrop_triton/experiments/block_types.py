@@ -1,11 +1,11 @@
-"""The paper's variance-shift analysis on the built-in digits data set.
+"""The paper's variance-shift analysis of the four block types on the built-in digits data set.
 
 For each block type (0-3) and each of drop-neuron and drop-channel at one rate, trains a
 small pre-activation ResNet briefly, then measures the eval/train ratio of the input
 variance at the first, middle and last norm that receives dropped activations (on the
 training images, the same images in both passes), and the test accuracy::
 
-    python -m effdrop_triton.experiments.variance_shift --drop-rate 0.2 --epochs 8 --seed 0
+    python -m effdrop_triton.experiments.block_types --drop-rate 0.2 --epochs 8 --seed 0
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 import effdrop_triton as ed
-from effdrop_triton.data import DIGITS_CLASSES, digits_splits
+from effdrop_triton.train.data import DIGITS_CLASSES, digits_splits
 from effdrop_triton.models import preresnet
 
 

@@ -1,4 +1,5 @@
-"""Training checkpoints: written atomically, read back with checks, RNG states captured and restored.
+"""Training checkpoints: written atomically, read back with checks, RNG states captured and restored;
+and the atomic writer through which the trainer writes every file of a run folder.
 
 A checkpoint is a dict (see :func:`make_checkpoint`) saved with ``torch.save`` and loadable with
 ``torch.load(path, weights_only=True)``: tensors, numbers, strings, lists and dicts only, so
@@ -7,35 +8,70 @@ reading one never runs pickled code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import BinaryIO, Dict, Iterator, List, Optional
 
 import numpy as np
 import torch
 
 FORMAT = "effdrop-train-checkpoint/1"
 REQUIRED_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "epoch", "step", "ranks", "config", "best")
+# settings a resumed run may change: where and how it runs, and --epochs (the schedule is recomputed)
+RESUMABLE_CHANGES = {"epochs", "resume", "output_dir", "name", "workers", "no_progress", "log_all_ranks", "compile",
+                     "compile_mode", "data_dir", "download", "device"}
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not belong to this run."""
 
 
-def save_atomic(obj, path: Path) -> None:
-    """``torch.save(obj)`` to a temporary file in ``path``'s folder, synced, then ``os.replace``d onto
-    ``path``: a crash or kill at any moment leaves either the old file or the complete new one."""
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[BinaryIO]:
+    """The one way the trainer writes a file: yields a binary file that becomes ``path`` only once the
+    block completes. It is a temporary file in ``path``'s folder, flushed and fsynced, then
+    ``os.replace``d onto ``path``, and the folder is fsynced so that the rename survives a power loss
+    too. A crash, a kill or an exception at any moment leaves either the old file or the complete new
+    one (and no temporary file after an exception)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """fsync a folder where the platform allows it (POSIX; Windows cannot open folders)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on folders: the rename is then as durable as they make it
+        pass
+    finally:
+        os.close(fd)
+
+
+def save_atomic(obj, path: Path) -> None:
+    """``torch.save(obj)`` to ``path`` through :func:`atomic_write`."""
+    with atomic_write(path) as f:
+        torch.save(obj, f)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """``text`` (UTF-8) to ``path`` through :func:`atomic_write`."""
+    with atomic_write(path) as f:
+        f.write(text.encode())
 
 
 def load_checkpoint(path: Path) -> Dict:
@@ -55,6 +91,26 @@ def load_checkpoint(path: Path) -> Dict:
     if missing:
         raise CheckpointError(f"checkpoint {path} lacks {', '.join(missing)}; the file is left as it is")
     return ckpt
+
+
+def check_resumable(ckpt: Dict, path: Path, config: Dict, world_size: int) -> None:
+    """CheckpointError when the checkpoint at ``path`` belongs to a run configured other than ``config``
+    (the new run's settings; those in :data:`RESUMABLE_CHANGES` may differ) or cannot continue with
+    ``config["epochs"]`` epochs on ``world_size`` processes."""
+    saved, epochs = ckpt["config"], config["epochs"]
+    keys = sorted((set(saved) | set(config)) - RESUMABLE_CHANGES)
+    differences = [f"{key}: {saved.get(key)!r} in the checkpoint, {config.get(key)!r} now"
+                   for key in keys if saved.get(key) != config.get(key)]
+    if differences:
+        raise CheckpointError(f"checkpoint {path} was written by a run with other settings:\n  "
+                              + "\n  ".join(differences)
+                              + "\nresume with its settings (its config.yaml, via --config) or start a new run in "
+                                "another --output-dir; the checkpoint is left as it is")
+    if ckpt["epoch"] > epochs or (ckpt["epoch"] == epochs and ckpt["step"]):
+        raise CheckpointError(f"checkpoint {path} is at epoch {ckpt['epoch']}, past --epochs {epochs}")
+    if ckpt["step"] and len(ckpt["ranks"]) != world_size:
+        raise CheckpointError(f"checkpoint {path} was saved mid-epoch by {len(ckpt['ranks'])} processes; resume it "
+                              f"with as many (this run has {world_size})")
 
 
 def rng_state(loader_generator: torch.Generator) -> Dict:

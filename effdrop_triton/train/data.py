@@ -1,6 +1,7 @@
 """Data sets, transforms and loaders of ``effdrop-train``.
 
-``digits`` is scikit-learn's bundled handwritten digits (no download, see :mod:`effdrop_triton.data`);
+``digits`` is scikit-learn's bundled handwritten digits (1,797 8x8 images, no download), upsampled
+to 32x32 and split into fixed stratified train/val/test parts (:func:`digits_splits`);
 ``cifar10``, ``cifar100`` and ``svhn`` are read by torchvision's classes from ``--data-dir`` (fetched
 there with ``--download``); ``imagenet`` is any ImageNet-style pair of ``train/`` and ``val/`` class
 folders (``ImageFolder``). The validation set is a stratified, seeded part of the training set,
@@ -13,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 import signal
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler
+import torch.nn.functional as F
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, TensorDataset
 from torchvision import datasets as tvd
 from torchvision import transforms as T
 
@@ -24,6 +26,7 @@ from .distributed import DistInfo, ShardSampler
 
 DATASETS = ("digits", "cifar10", "cifar100", "svhn", "imagenet")
 SPLIT_SEED = 0
+DIGITS_CLASSES = 10
 
 # per-channel mean and standard deviation of each training set
 _STATS = {
@@ -45,6 +48,34 @@ class DataSplits:
     test: Dataset
     num_classes: int
     in_channels: int
+
+
+def digits_splits(size: int = 32, val_fraction: float = 0.1, test_fraction: float = 0.2,
+                  seed: int = 0) -> Dict[str, TensorDataset]:
+    """``{"train", "val", "test"}`` datasets of ``(1, size, size)`` float images and int64 labels.
+
+    The split is stratified by class and fixed by ``seed``; pixels are normalized with the
+    training split's mean and standard deviation.
+    """
+    try:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+    except ImportError as error:  # scikit-learn is the optional "train" extra
+        raise ImportError("the built-in digits data set needs scikit-learn: pip install 'effdrop-triton[train]'") from error
+    if size < 8:
+        raise ValueError(f"size must be at least 8 (the digits are 8x8), got {size}")
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().unsqueeze(1) / 16.0
+    images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    labels = torch.from_numpy(digits.target).long()
+    index = torch.arange(len(labels)).numpy()
+    rest, test = train_test_split(index, test_size=test_fraction, stratify=digits.target, random_state=seed)
+    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction), stratify=digits.target[rest],
+                                  random_state=seed)
+    mean, std = images[train].mean(), images[train].std()
+    images = (images - mean) / std
+    return {name: TensorDataset(images[part], labels[part]) for name, part in
+            (("train", train), ("val", val), ("test", test))}
 
 
 def transforms_for(name: str) -> Tuple[T.Compose, T.Compose]:
@@ -140,8 +171,6 @@ def load_datasets(name: str, data_dir: str, download: bool = False, val_split: f
     seed, so runs with different seeds are compared on the same images. ``DatasetNotFound`` when
     files are missing or unreadable."""
     if name == "digits":
-        from .data import DIGITS_CLASSES, digits_splits
-
         splits = digits_splits(val_fraction=val_split or 0.1, seed=SPLIT_SEED)
         train = splits["train"] if val_split else ConcatDataset([splits["train"], splits["val"]])
         return DataSplits(train, splits["val"] if val_split else None, splits["test"], DIGITS_CLASSES, 1)
