@@ -105,7 +105,7 @@ def assert_same_weights(a, b):
 def cli_exit(argv, capsys):
     """(exit status, stderr) of the console-script entry point called in this process."""
     with pytest.raises(SystemExit) as exit_info:
-        train.cli([str(a) for a in argv])
+        train.cli.cli([str(a) for a in argv])
     return exit_info.value.code, capsys.readouterr().err
 
 
