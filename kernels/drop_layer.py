@@ -9,11 +9,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import cdiv, launcher, next_power_of_2
-
 from effdrop_triton.masks import keep_scale, unit_threshold
 
-from .philox import STREAM_LAYER, unit_keep
+from .common import LAYER, cdiv, launcher, next_power_of_2, unit_keep
 
 
 @triton.jit
@@ -40,7 +38,7 @@ def _drop_layer_kernel(
     unit = n * 0  # batch mode: one gate for every sample
     if PER_SAMPLE:
         unit = n
-    keep = unit_keep(seed, unit, STREAM_LAYER, threshold)  # [ROWS, 1]
+    keep = unit_keep(seed, unit, LAYER, threshold)  # [ROWS, 1]
     shortcut = tl.load(shortcut_ptr + offs, mask=in_bounds, other=0.0).to(tl.float32)
     branch = tl.load(branch_ptr + offs, mask=in_bounds & keep, other=0.0).to(tl.float32)
     y = tl.where(keep, shortcut + branch * scale, shortcut)

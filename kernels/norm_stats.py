@@ -16,10 +16,7 @@ import triton.language as tl
 
 from effdrop_triton._layout import ncs
 
-from .grid import cdiv, launcher, next_power_of_2
-
-# programs to aim for: enough to fill a large GPU when N * C is small (the positions are split into chunks)
-_TARGET_PROGRAMS = 1024
+from .common import address, cdiv, launcher, next_power_of_2, reduction_plan, reduction_rows, unit_strides
 
 
 @triton.jit
@@ -40,16 +37,7 @@ def _partial_moments_kernel(
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    k = pid % num_chunks
-    c_block = (pid // num_chunks) % num_c_blocks
-    n = pid // (num_chunks * num_c_blocks)
-    c = c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64)  # [BC]
-    if S_UNIT_STRIDE:
-        ss = 1
-    if C_UNIT_STRIDE:
-        sc = 1
-    row = x_ptr + n * sn + c[:, None] * sc  # [BC, 1]
+    n, c, k = reduction_rows(num_c_blocks, num_chunks, BLOCK_C)  # c: [BC]
     s_start = k * chunk
     count = 0.0
     mean = tl.zeros([BLOCK_C], dtype=tl.float32)
@@ -58,7 +46,8 @@ def _partial_moments_kernel(
     while i < blocks_per_chunk:  # a while loop: Triton 3.6's interpreter cannot take a runtime range bound
         s = s_start + i * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64)  # [BS]
         in_bounds = (c[:, None] < C) & (s[None, :] < S)
-        x = tl.load(row + s[None, :] * ss, mask=in_bounds, other=0.0).to(tl.float32)
+        x = tl.load(address(x_ptr, n, c[:, None], s[None, :], sn, sc, ss, S_UNIT_STRIDE, C_UNIT_STRIDE),
+                    mask=in_bounds, other=0.0).to(tl.float32)
         # the first block of a chunk is never empty, so total > 0; an empty block changes nothing
         block_count = tl.minimum(tl.maximum(S - (s_start + i * BLOCK_S), 0), BLOCK_S).to(tl.float32)
         block_mean = tl.sum(x, axis=1) / tl.maximum(block_count, 1.0)
@@ -76,18 +65,17 @@ def _partial_moments_kernel(
     tl.store(partials_ptr + N * C * num_chunks + out, m2, mask=c < C)
 
 
-def stats_blocks(N: int, C: int, S: int, channels_minor: bool):
-    """Tile ``(BLOCK_C, BLOCK_S)`` and chunk length for a reduction over the positions of an (N, C, S) view."""
-    if channels_minor:  # a thread holds a vector of channels
-        block_c = min(64, next_power_of_2(C))
-        block_s = max(1, min(next_power_of_2(S), 2048 // block_c))
+@triton.jit
+def _partials(base, j0, o_in_bounds, merged, C, S, num_chunks, chunk, GROUPED: tl.constexpr, BLOCK_M: tl.constexpr):
+    """``(offsets, in_bounds, count)`` of partials ``j0 .. j0 + BLOCK_M`` of each output (``base``: its first
+    partial's offset): where they lie in the (N, C, K) partials and how many positions each covers."""
+    j = j0 + tl.arange(0, BLOCK_M).to(tl.int64)[None, :]  # [1, BM]
+    k = j % num_chunks
+    if GROUPED:
+        offs = base + j  # a group's channels are adjacent: its partials are consecutive
     else:
-        block_s = min(1024, next_power_of_2(S))
-        block_c = max(1, min(next_power_of_2(C), 2048 // block_s))
-    rows = N * cdiv(C, block_c)
-    chunks = max(1, min(cdiv(S, block_s), cdiv(_TARGET_PROGRAMS, rows)))
-    chunk = cdiv(cdiv(S, chunks), block_s) * block_s
-    return block_c, block_s, chunk
+        offs = base + (j // num_chunks) * C * num_chunks + k
+    return offs, o_in_bounds & (j < merged), tl.minimum(S - k * chunk, chunk).to(tl.float32)
 
 
 @triton.jit
@@ -125,14 +113,7 @@ def _finish_moments_kernel(
     weighted = tl.zeros([BLOCK_O, BLOCK_M], dtype=tl.float32)
     j0 = 0
     while j0 < merged:  # a while loop: Triton 3.6's interpreter cannot take a runtime range bound
-        j = j0 + tl.arange(0, BLOCK_M).to(tl.int64)[None, :]  # [1, BM]
-        k = j % num_chunks
-        if GROUPED:
-            offs = base + j  # a group's channels are adjacent: its partials are consecutive
-        else:
-            offs = base + (j // num_chunks) * C * num_chunks + k
-        in_bounds = o_in_bounds & (j < merged)
-        count = tl.minimum(S - k * chunk, chunk).to(tl.float32)
+        offs, in_bounds, count = _partials(base, j0, o_in_bounds, merged, C, S, num_chunks, chunk, GROUPED, BLOCK_M)
         mean = tl.load(partials_ptr + offs, mask=in_bounds, other=0.0)
         weighted += tl.where(in_bounds, mean * count, 0.0)
         j0 += BLOCK_M
@@ -140,14 +121,7 @@ def _finish_moments_kernel(
     spread = tl.zeros([BLOCK_O, BLOCK_M], dtype=tl.float32)
     j0 = 0
     while j0 < merged:
-        j = j0 + tl.arange(0, BLOCK_M).to(tl.int64)[None, :]
-        k = j % num_chunks
-        if GROUPED:
-            offs = base + j
-        else:
-            offs = base + (j // num_chunks) * C * num_chunks + k
-        in_bounds = o_in_bounds & (j < merged)
-        count = tl.minimum(S - k * chunk, chunk).to(tl.float32)
+        offs, in_bounds, count = _partials(base, j0, o_in_bounds, merged, C, S, num_chunks, chunk, GROUPED, BLOCK_M)
         mean = tl.load(partials_ptr + offs, mask=in_bounds, other=0.0)
         m2 = tl.load(partials_ptr + m2_offset + offs, mask=in_bounds, other=0.0)
         deviation = mean - mu[:, None]
@@ -172,13 +146,10 @@ def _finish_moments_kernel(
 @functools.lru_cache(maxsize=1024)
 def _plan(N: int, C: int, S: int, strides, num_groups: int):
     """The partial-moments and merge launches' grids and arguments for one geometry."""
-    s_unit = S > 1 and strides[2] == 1
-    c_unit = strides[1] == 1 and not s_unit
-    block_c, block_s, chunk = stats_blocks(N, C, S, c_unit)
-    num_chunks = cdiv(S, chunk)
-    num_c_blocks = cdiv(C, block_c)
-    partial = ((N * num_c_blocks * num_chunks,), (N, C, S, *strides, num_c_blocks, num_chunks, chunk, chunk // block_s),
-               dict(S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_C=block_c, BLOCK_S=block_s, num_warps=4))
+    layout = unit_strides(S, strides)
+    grid, blocks, meta = reduction_plan(N, C, S, layout["C_UNIT_STRIDE"])
+    num_chunks, chunk = blocks[1], blocks[2]
+    partial = grid, (N, C, S, *strides, *blocks), dict(meta, **layout)
     grouped = num_groups > 0
     G = num_groups if grouped else C
     outputs = N * G if grouped else C

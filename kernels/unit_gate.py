@@ -13,13 +13,11 @@ import torch
 import triton
 import triton.language as tl
 
-from .grid import cdiv, launcher, next_power_of_2
-
+from effdrop_triton._layout import _ncs_geometry, ncs
+from effdrop_triton.levels import DropLevel
 from effdrop_triton.masks import keep_scale, unit_threshold
 
-from effdrop_triton._layout import _ncs_geometry, ncs
-
-from .philox import STREAM_PATH, unit_keep
+from .common import address, launcher, tile, tile_plan, unit_keep, unit_strides
 
 
 @triton.jit
@@ -39,31 +37,18 @@ def _unit_gate_kernel(
     num_c_blocks,
     threshold,  # int64: keep when Philox word 0 is below this
     scale,  # fp32 1 / (1 - p)
-    STREAM: tl.constexpr,
+    LEVEL: tl.constexpr,  # the level whose stream gates (levels.DropLevel)
     S_UNIT_STRIDE: tl.constexpr,  # src_ss == dst_ss == 1 (NCHW)
     C_UNIT_STRIDE: tl.constexpr,  # src_sc == dst_sc == 1 (channels_last)
     BLOCK_N: tl.constexpr,  # samples per program (several when C * S is small)
     BLOCK_C: tl.constexpr,
     BLOCK_S: tl.constexpr,
 ):
-    pid = tl.program_id(0).to(tl.int64)
-    s_block = pid % num_s_blocks
-    c_block = (pid // num_s_blocks) % num_c_blocks
-    n_block = pid // (num_s_blocks * num_c_blocks)
-    n = (n_block * BLOCK_N + tl.arange(0, BLOCK_N).to(tl.int64))[:, None, None]  # [BN, 1, 1]
-    c = (c_block * BLOCK_C + tl.arange(0, BLOCK_C).to(tl.int64))[None, :, None]  # [1, BC, 1]
-    s = (s_block * BLOCK_S + tl.arange(0, BLOCK_S).to(tl.int64))[None, None, :]  # [1, 1, BS]
-    seed = tl.load(seed_ptr)
-    keep = unit_keep(seed, n * sample_units + unit_base + c // channels_per_unit, STREAM, threshold)  # [BN, BC, 1]
-    in_bounds = (n < N) & (c < C) & (s < S)
-    if S_UNIT_STRIDE:
-        src_ss = 1
-        dst_ss = 1
-    if C_UNIT_STRIDE:
-        src_sc = 1
-        dst_sc = 1
-    src = src_ptr + n * src_sn + c * src_sc + s * src_ss
-    dst = dst_ptr + n * dst_sn + c * dst_sc + s * dst_ss
+    n, c, s, nc_in_bounds = tile(N, C, num_s_blocks, num_c_blocks, BLOCK_N, BLOCK_C, BLOCK_S)
+    keep = unit_keep(tl.load(seed_ptr), n * sample_units + unit_base + c // channels_per_unit, LEVEL,
+                     threshold)  # [BN, BC, 1]
+    in_bounds = nc_in_bounds & (s < S)
+    src = address(src_ptr, n, c, s, src_sn, src_sc, src_ss, S_UNIT_STRIDE, C_UNIT_STRIDE)
     if C_UNIT_STRIDE:
         # channels interleave within each cache line, so skipping dropped ones saves no traffic;
         # a mask that is constant along the vector keeps the loads 128-bit wide
@@ -71,44 +56,33 @@ def _unit_gate_kernel(
     else:
         x = tl.load(src, mask=in_bounds & keep, other=0.0).to(tl.float32)
     y = tl.where(keep, x * scale, 0.0)
-    tl.store(dst, y.to(dst_ptr.dtype.element_ty), mask=in_bounds)
+    tl.store(address(dst_ptr, n, c, s, dst_sn, dst_sc, dst_ss, S_UNIT_STRIDE, C_UNIT_STRIDE),
+             y.to(dst_ptr.dtype.element_ty), mask=in_bounds)
 
 
 @functools.lru_cache(maxsize=1024)
-def _plan(N: int, C: int, S: int, src_strides, dst_strides, sample_units: int, unit_base: int, channels_per_unit: int):
+def _plan(N: int, C: int, S: int, src_strides, dst_strides, sample_units: int, unit_base: int, channels_per_unit: int,
+          level: int):
     """``(grid, runtime arguments, constexprs)`` of one geometry (cached: the launch arithmetic is host time)."""
-    s_unit = S > 1 and src_strides[2] == 1 and dst_strides[2] == 1
-    c_unit = src_strides[1] == 1 and dst_strides[1] == 1 and not s_unit
-    if c_unit:
-        # channels_last: a thread holds a vector of channels, so it draws their gates once and
-        # reuses them over many positions (64 channels x 128 positions per program)
-        block_c = min(64, next_power_of_2(C))
-        block_s = max(1, min(next_power_of_2(S), 8192 // block_c))
-    else:
-        block_s = min(1024, next_power_of_2(S))
-        block_c = max(1, min(next_power_of_2(C), 2048 // block_s))
-    block_n = max(1, min(next_power_of_2(N), (8192 if c_unit else 2048) // (block_c * block_s)))
-    num_s_blocks = cdiv(S, block_s)
-    num_c_blocks = cdiv(C, block_c)
-    grid = (cdiv(N, block_n) * num_c_blocks * num_s_blocks,)
-    args = (N, C, S, *src_strides, *dst_strides, sample_units, unit_base, channels_per_unit, num_s_blocks,
-            num_c_blocks)
-    meta = dict(S_UNIT_STRIDE=s_unit, C_UNIT_STRIDE=c_unit, BLOCK_N=block_n, BLOCK_C=block_c, BLOCK_S=block_s,
-                num_warps=4)
-    return grid, args, meta
+    layout = unit_strides(S, src_strides, dst_strides)
+    # channels_last: a thread holds a vector of channels, so it draws their gates once and reuses them
+    # over many positions
+    grid, blocks, meta = tile_plan(N, C, S, layout["C_UNIT_STRIDE"])
+    args = (N, C, S, *src_strides, *dst_strides, sample_units, unit_base, channels_per_unit, *blocks)
+    return grid, args, dict(meta, LEVEL=int(level), **layout)
 
 
-def unit_gate_triton(src, dst, seed: torch.Tensor, p: float, *, stream: int, per_sample: bool, units_per_sample: int,
+def unit_gate_triton(src, dst, seed: torch.Tensor, p: float, *, level: int, per_sample: bool, units_per_sample: int,
                      unit_base: int = 0, channels_per_unit: int = 1) -> None:
     """Write the gated source into the destination; both are ``(tensor, (N, C, S), strides)`` triples of
-    ``effdrop_triton._layout.ncs`` (any strides)."""
+    ``effdrop_triton._layout.ncs`` (any strides). ``level``: the ``DropLevel`` whose stream gates."""
     src, (N, C, S), src_strides = src
     dst, _, dst_strides = dst
     if N * C * S == 0:
         return
     grid, args, meta = _plan(N, C, S, src_strides, dst_strides, units_per_sample if per_sample else 0, unit_base,
-                             channels_per_unit)
-    launcher(_unit_gate_kernel)[grid](src, dst, seed, *args, unit_threshold(p), keep_scale(p), STREAM=stream, **meta)
+                             channels_per_unit, level)
+    launcher(_unit_gate_kernel)[grid](src, dst, seed, *args, unit_threshold(p), keep_scale(p), **meta)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -123,7 +97,7 @@ def _path_plan(geometries, per_sample: bool):
             plans.append(None if 0 in shape else False)  # False: the path's memory needs a contiguous copy
             continue
         (N, C, S), src_ncs = src_geometry
-        plans.append(_plan(N, C, S, src_ncs, dst_geometry[1], paths if per_sample else 0, index, C))
+        plans.append(_plan(N, C, S, src_ncs, dst_geometry[1], paths if per_sample else 0, index, C, DropLevel.PATH))
     return plans
 
 
@@ -134,8 +108,8 @@ def path_gate_triton(srcs, dsts, seed: torch.Tensor, p: float, per_sample: bool)
     threshold, scale = unit_threshold(p), keep_scale(p)
     for index, (src, dst, plan) in enumerate(zip(srcs, dsts, plans)):
         if plan is False:
-            unit_gate_triton(ncs(src), ncs(dst), seed, p, stream=STREAM_PATH, per_sample=per_sample,
+            unit_gate_triton(ncs(src), ncs(dst), seed, p, level=DropLevel.PATH, per_sample=per_sample,
                              units_per_sample=len(srcs), unit_base=index, channels_per_unit=src.shape[1])
         elif plan is not None:
             grid, args, meta = plan
-            launcher(_unit_gate_kernel)[grid](src, dst, seed, *args, threshold, scale, STREAM=STREAM_PATH, **meta)
+            launcher(_unit_gate_kernel)[grid](src, dst, seed, *args, threshold, scale, **meta)

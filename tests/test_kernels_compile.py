@@ -12,6 +12,7 @@ import torch
 
 import effdrop_triton as ed
 from conftest import INTERPRET
+from effdrop_triton.levels import DropLevel
 
 triton = pytest.importorskip("triton")
 if INTERPRET:
@@ -28,9 +29,7 @@ KERNELS = [(drop_neuron, "_drop_neuron_flat_kernel"), (drop_neuron, "_drop_neuro
            (unit_gate, "_unit_gate_kernel"), (drop_layer, "_drop_layer_kernel"),
            (norm_stats, "_partial_moments_kernel"), (norm_stats, "_finish_moments_kernel"),
            (norm_act_drop, "_norm_act_drop_fwd_kernel"),
-           (norm_act_drop, "_norm_act_drop_bwd_sums_kernel"), (norm_act_drop, "_norm_act_drop_bwd_dx_kernel"),
-           (norm_act_drop, "_norm_act_drop_neuron_fwd_kernel"), (norm_act_drop, "_norm_act_drop_neuron_bwd_sums_kernel"),
-           (norm_act_drop, "_norm_act_drop_neuron_bwd_dx_kernel")]
+           (norm_act_drop, "_norm_act_drop_bwd_sums_kernel"), (norm_act_drop, "_norm_act_drop_bwd_dx_kernel")]
 
 
 class Capture:
@@ -119,6 +118,15 @@ def test_awkward_launches_compile(launches, op, shape, channels_last):
         assert compile_launch(fn, args, kwargs).asm["cubin"]
 
 
+def _elements_per_program(bound):
+    """Elements of one program's tile: every BLOCK_* extent (a BLOCK_G group holds 8 elements)."""
+    elements = 1
+    for key, value in bound.items():
+        if key.startswith("BLOCK_"):
+            elements *= value * (8 if key == "BLOCK_G" else 1)
+    return elements
+
+
 @pytest.mark.parametrize("channels_last", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("spatial", [16, 7])
@@ -129,7 +137,7 @@ def test_drop_neuron_runs_each_philox_call_once(launches, channels_last, dtype, 
     _run("neuron", x.to(memory_format=torch.channels_last) if channels_last else x)
     for fn, args, kwargs in launches:
         bound = dict(zip(fn.arg_names, args), **kwargs)
-        calls = bound["CALLS"] if "CALLS" in bound else bound["BLOCK_S8"] * bound["BLOCK_C"]
+        calls = bound["CALLS"] if "CALLS" in bound else _elements_per_program(bound) // 8
         calls *= 1 if bound.get("ALIGNED", True) else 2
         calls_per_thread = max(1, calls // (32 * bound["num_warps"]))
         high_products = compile_launch(fn, args, kwargs).asm["ptx"].count("mul.hi")
@@ -156,6 +164,9 @@ NORM_OPS = {
     "gn_channel": dict(p=0.2, seed=1, norm="gn", num_groups=8),
     "gn_neuron": dict(p=0.2, seed=1, norm="gn", num_groups=8, drop_type="neuron"),
 }
+# the DROP constexpr of each case's kernels: the level's number, None without dropout (eval)
+NORM_LEVELS = {"bn_channel": int(DropLevel.CHANNEL), "bn_neuron": int(DropLevel.NEURON), "bn_eval": None,
+               "gn_channel": int(DropLevel.CHANNEL), "gn_neuron": int(DropLevel.NEURON)}
 
 
 def _run_norm(case, x):
@@ -186,12 +197,14 @@ def test_norm_act_drop_launches_compile_with_128bit_element_access(launches, cas
     there) or for GroupNorm's per-(sample, group) statistics (gathered once per program's channels)."""
     x = torch.randn(8, 64, 16, 16, dtype=dtype)
     _run_norm(case, x.to(memory_format=torch.channels_last) if channels_last else x)
-    names = {fn.__name__.replace("_neuron", "") for fn, _, _ in launches}  # drop-neuron has its own passes
+    names = {fn.__name__ for fn, _, _ in launches}
     expected = {"_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_sums_kernel", "_norm_act_drop_bwd_dx_kernel"}
     if case != "bn_eval":  # eval normalizes with the running statistics: no statistics pass
         expected |= {"_partial_moments_kernel", "_finish_moments_kernel"}
     assert names == expected, names
     for fn, args, kwargs in launches:
+        bound = dict(zip(fn.arg_names, args), **kwargs)
+        assert bound.get("DROP", NORM_LEVELS[case]) == NORM_LEVELS[case], (fn.__name__, bound["DROP"])
         if fn.__name__ == "_finish_moments_kernel":  # merges the (N, C, K) partials: no element access
             continue
         ptx = compile_launch(fn, args, kwargs).asm["ptx"]
@@ -200,7 +213,7 @@ def test_norm_act_drop_launches_compile_with_128bit_element_access(launches, cas
         assert element_loads, (fn.__name__, loads)
         if channels_last and not case.startswith("gn"):  # channels are the vector axis: the constants are vectors too
             assert all(".v4." in op for op in loads), (fn.__name__, loads)
-        if fn.__name__.replace("_neuron", "") in ("_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"):
+        if fn.__name__ in ("_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_dx_kernel"):
             assert stores and all(".v4." in op for op in stores), (fn.__name__, stores)
 
 
@@ -214,15 +227,6 @@ def test_norm_act_drop_awkward_launches_compile(launches, case, shape, channels_
     _run_norm(case, x.to(memory_format=torch.channels_last) if channels_last else x)
     for fn, args, kwargs in launches:
         assert compile_launch(fn, args, kwargs).asm["cubin"]
-
-
-def _elements_per_program(bound):
-    """Elements of one program's tile: every BLOCK_* extent (a BLOCK_G group holds 8 elements)."""
-    elements = 1
-    for key, value in bound.items():
-        if key.startswith("BLOCK_"):
-            elements *= value * (8 if key == "BLOCK_G" else 1)
-    return elements
 
 
 @pytest.mark.parametrize("norm", ["bn", "gn"])
@@ -241,10 +245,11 @@ def test_norm_act_drop_neuron_runs_each_philox_call_once(launches, norm, channel
         bound = dict(zip(fn.arg_names, args), **kwargs)
         if "seed_ptr" not in bound:  # the statistics pass draws nothing
             continue
+        assert bound["DROP"] == int(DropLevel.NEURON), (fn.__name__, bound["DROP"])
         calls = _elements_per_program(bound) // 8 * (1 if bound.get("ALIGNED", True) else 2)
         calls_per_thread = max(1, calls // (32 * bound["num_warps"]))
         high_products = compile_launch(fn, args, kwargs).asm["ptx"].count("mul.hi")
         assert high_products <= 2 * 10 * calls_per_thread, (fn.__name__, high_products, calls_per_thread)
         checked.add(fn.__name__)
-    assert checked == {"_norm_act_drop_neuron_fwd_kernel", "_norm_act_drop_neuron_bwd_sums_kernel",
-                       "_norm_act_drop_neuron_bwd_dx_kernel"}, checked
+    assert checked == {"_norm_act_drop_fwd_kernel", "_norm_act_drop_bwd_sums_kernel", "_norm_act_drop_bwd_dx_kernel"}, \
+        checked

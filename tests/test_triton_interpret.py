@@ -12,7 +12,7 @@ from conftest import INTERPRET, assert_within_ulp, nonzero_randn
 
 triton = pytest.importorskip("triton")
 tl = triton.language
-from effdrop_triton.kernels.philox import philox_words  # noqa: E402
+from effdrop_triton.kernels.common import philox_words  # noqa: E402
 
 if not INTERPRET:
     pytest.skip("needs TRITON_INTERPRET=1 set before the kernels are imported", allow_module_level=True)
@@ -123,16 +123,18 @@ def test_drop_layer_mixed_layouts():
 
 
 def test_unit_counter_high_word():
-    """Unit indices past 2**32 use the counter's high word the same way on both backends."""
+    """Unit indices past 2**32 use the counter's high word as the documented rule (``masks.unit_keep``)."""
+    from effdrop_triton import masks
     from effdrop_triton._layout import ncs
     from effdrop_triton.kernels.unit_gate import unit_gate_triton
-    from effdrop_triton.ops.unit_gate import unit_gate_torch
+    from effdrop_triton.levels import DropLevel
 
     src = nonzero_randn((3, 64, 2))
-    rule = dict(stream=2, per_sample=True, units_per_sample=2**31, unit_base=2**33 + 5, channels_per_unit=1)
-    a, b = torch.empty_like(src), torch.empty_like(src)
-    unit_gate_torch(src, a, torch.tensor(17), 0.5, **rule)
-    unit_gate_triton(ncs(src), ncs(b), torch.tensor(17), 0.5, **rule)
+    units = torch.arange(3)[:, None] * 2**31 + 2**33 + 5 + torch.arange(64)  # unit of (n, c)
+    keep = masks.unit_keep(units.reshape(-1), torch.tensor(17), DropLevel.PATH, 0.5).view(3, 64, 1)
+    a, b = torch.where(keep, src * masks.keep_scale(0.5), 0.0), torch.empty_like(src)
+    unit_gate_triton(ncs(src), ncs(b), torch.tensor(17), 0.5, level=DropLevel.PATH, per_sample=True,
+                     units_per_sample=2**31, unit_base=2**33 + 5, channels_per_unit=1)
     assert torch.equal(a, b) and 0 < (a == 0).sum() < a.numel()
 
 
