@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import effdrop_triton as ed
+from effdrop_triton.levels import DropLevel
 from effdrop_triton.functional import norm_act_drop, norm_act_drop_conv2d
 from conftest import INTERPRET, assert_within_ulp, nonzero_randn
 
@@ -88,12 +89,12 @@ def test_running_statistics_update_on_the_device(momentum, dtype):
 
 def test_statistics_merge_chunks_and_blocks(monkeypatch):
     """Long rows: merged across programs (several chunks) and across blocks within one program."""
-    from effdrop_triton.kernels import norm_stats
+    from effdrop_triton.kernels import common, norm_stats
 
     x = nonzero_randn((1, 2, 1, 3000)) + 100
     var_ref, mean_ref = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
     for target in (1024, 1):  # 3 chunks of 1024 / one chunk of 3 blocks
-        monkeypatch.setattr(norm_stats, "_TARGET_PROGRAMS", target)
+        monkeypatch.setattr(common, "TARGET_PROGRAMS", target)
         norm_stats._plan.cache_clear()  # launch plans are cached per geometry
         mean, var = stats_op(x, 0, True)[:, 0]
         torch.testing.assert_close(mean.double(), mean_ref, rtol=1e-7, atol=0)
@@ -105,24 +106,26 @@ def _stats_for(x, norm, num_groups):
     return stats_op(x.detach(), num_groups or 0, False)
 
 
-def apply_op(x, weight, bias, stats, seed, num_groups, batch_stats, act, drop, p, use_triton):
-    return torch.ops.effdrop.norm_act_drop(x, weight, bias, stats, seed, num_groups, 1e-5, act, drop, p, batch_stats,
+def apply_op(x, weight, bias, stats, seed, num_groups, batch_stats, act, level, p, use_triton):
+    return torch.ops.effdrop.norm_act_drop(x, weight, bias, stats, seed, num_groups, 1e-5, act, level, p, batch_stats,
                                            use_triton)
+
+
+LEVELS = [None, DropLevel.NEURON, DropLevel.CHANNEL]  # None: no dropout
 
 
 @pytest.mark.parametrize("norm,num_groups", NORMS)
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("drop", [0, 1, 2])
+@pytest.mark.parametrize("level", LEVELS)
 @pytest.mark.parametrize("act", [True, False])
-def test_apply_pass_is_bit_identical_with_the_same_statistics(norm, num_groups, layout, drop, act):
+def test_apply_pass_is_bit_identical_with_the_same_statistics(norm, num_groups, layout, level, act):
     x, weight, bias = make_inputs((3, 6, 5, 7), layout=layout)
     stats = _stats_for(x, norm, num_groups)
-    seed = torch.tensor(77)
-    outs = [apply_op(x, weight, bias, stats, seed if drop else None, num_groups or 0, True, act, drop, 0.4, use)
-            for use in (False, True)]
+    seed = None if level is None else torch.tensor(77)
+    outs = [apply_op(x, weight, bias, stats, seed, num_groups or 0, True, act, level, 0.4, use) for use in (False, True)]
     assert outs[1].stride() == outs[0].stride()
     assert torch.equal(outs[1], outs[0])
-    if drop:
+    if level is not None:
         assert 0 < (outs[1] == 0).sum()
 
 
@@ -131,7 +134,8 @@ def test_apply_pass_is_bit_identical_with_the_same_statistics(norm, num_groups, 
 def test_apply_pass_low_precision_within_one_ulp(dtype, layout):
     x, weight, bias = make_inputs((3, 6, 5, 7), dtype, layout)
     stats = _stats_for(x, "bn", None)
-    outs = [apply_op(x, weight, bias, stats, torch.tensor(5), 0, True, True, 2, 0.4, use) for use in (False, True)]
+    outs = [apply_op(x, weight, bias, stats, torch.tensor(5), 0, True, True, DropLevel.CHANNEL, 0.4, use)
+            for use in (False, True)]
     assert torch.equal(outs[1] == 0, outs[0] == 0)
     assert_within_ulp(outs[1], outs[0])
 
@@ -163,7 +167,7 @@ def test_neuron_groups_aligned_and_straddling(shape, layout, norm, num_groups, b
     grad = nonzero_randn(x.shape, layout=layout, generator_seed=9)
     stats = _stats_for(x, norm, num_groups)
     results = [grads_of(lambda a, w, b: apply_op(a, w, b, stats, torch.tensor(31), num_groups or 0, batch_stats, False,
-                                                 1, 0.5, use), x, weight, bias, grad) for use in (False, True)]
+                                                 DropLevel.NEURON, 0.5, use), x, weight, bias, grad) for use in (False, True)]
     assert torch.equal(results[1][0], results[0][0])
     with ed.use_backend("triton"):
         standalone = ed.drop_neuron(torch.ones_like(x), 0.5, seed=31)
@@ -177,19 +181,19 @@ def test_neuron_groups_aligned_and_straddling(shape, layout, norm, num_groups, b
 def test_neuron_sums_merge_chunks_and_blocks(monkeypatch, norm, num_groups, shape, layout):
     """Drop-neuron weight/bias sums over long rows: several chunks (programs) and several group blocks in
     one program, with groups of 8 straddling two Philox calls (S % 8 != 0) or starting on one."""
-    from effdrop_triton.kernels import norm_act_drop, norm_stats
+    from effdrop_triton.kernels import common, norm_act_drop
 
     x, weight, bias = make_inputs(shape, layout=layout)
     grad = nonzero_randn(x.shape, layout=layout, generator_seed=9)
     stats = _stats_for(x, norm, num_groups)
 
     def run(use):
-        return grads_of(lambda a, w, b: apply_op(a, w, b, stats, torch.tensor(13), num_groups or 0, True, True, 1, 0.5,
-                                                 use), x, weight, bias, grad)
+        return grads_of(lambda a, w, b: apply_op(a, w, b, stats, torch.tensor(13), num_groups or 0, True, True,
+                                                 DropLevel.NEURON, 0.5, use), x, weight, bias, grad)
 
     reference = run(False)
     for target in (1024, 1):  # one group block per chunk / one chunk of every block
-        monkeypatch.setattr(norm_stats, "_TARGET_PROGRAMS", target)
+        monkeypatch.setattr(common, "TARGET_PROGRAMS", target)
         norm_act_drop._bwd_plan.cache_clear()  # launch plans are cached per geometry
         for a, b in zip(run(True), reference):
             torch.testing.assert_close(a, b, **TIGHT)
@@ -197,13 +201,14 @@ def test_neuron_sums_merge_chunks_and_blocks(monkeypatch, norm, num_groups, shap
 
 @pytest.mark.parametrize("norm,num_groups,batch_stats", [("bn", None, True), ("bn", None, False), ("gn", 3, True)])
 @pytest.mark.parametrize("layout", LAYOUTS)
-@pytest.mark.parametrize("drop", [0, 1, 2])
-def test_backward_with_the_same_statistics(norm, num_groups, batch_stats, layout, drop):
+@pytest.mark.parametrize("level", LEVELS)
+def test_backward_with_the_same_statistics(norm, num_groups, batch_stats, layout, level):
     x, weight, bias = make_inputs((3, 6, 5, 7), layout=layout)
     grad = nonzero_randn(x.shape, layout=layout, generator_seed=9)
     stats = _stats_for(x, norm, num_groups)
-    results = [grads_of(lambda a, w, b: apply_op(a, w, b, stats, torch.tensor(31) if drop else None, num_groups or 0,
-                                                 batch_stats, True, drop, 0.3, use), x, weight, bias, grad)
+    seed = None if level is None else torch.tensor(31)
+    results = [grads_of(lambda a, w, b: apply_op(a, w, b, stats, seed, num_groups or 0, batch_stats, True, level, 0.3,
+                                                 use), x, weight, bias, grad)
                for use in (False, True)]
     assert torch.equal(results[1][0], results[0][0])
     assert results[1][1].stride() == results[0][1].stride()

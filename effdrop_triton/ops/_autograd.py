@@ -3,7 +3,7 @@
 ``torch.compile``, fake tensors and functorch see one custom op with a fake implementation and an
 autograd formula. Where the call runs the compiled Triton kernels, functionalization (the step of
 ``torch.compile`` that turns the graph into pure ops, before inductor) decomposes the op into its
-implementation, whose launches then go through ``torch.library.wrap_triton`` (``kernels/grid.py``'s
+implementation, whose launches then go through ``torch.library.wrap_triton`` (``kernels/common.py``'s
 ``launcher``): the graph holds the Triton kernels themselves, inductor launches them from its own
 code, and cudagraph trees record them, as for a ``torch.library.triton_op``. On the fallback (and for
 the interpreter's kernels, which run on host memory) the op stays opaque: the fallback reads the seed
@@ -28,7 +28,7 @@ from torch import nn
 from torch._subclasses.functional_tensor import FunctionalTensorMode
 
 from .. import backend
-from ..kernels.grid import traced_launches
+from ..kernels.common import traced_launches
 
 _is_compiling = torch.compiler.is_compiling
 _dispatch_modes = torch._C._len_torch_dispatch_stack
