@@ -74,8 +74,9 @@ def accuracy(model, loader) -> float:
 
 
 def main(args) -> list:
+    # the convolutions' reduction order, and so every number below, depends on the intra-op thread count
     print(f"drop rate {args.drop_rate}, pre-activation ResNet-{args.depth}, {args.epochs} epochs, seed {args.seed}, "
-          "digits 32x32; eval/train ratio of the input variance of the norms that receive dropped activations "
+          f"{torch.get_num_threads()} threads, digits 32x32; eval/train ratio of the input variance of the norms that receive dropped activations "
           "(1 = no shift)")
     print(HEADER)
     splits = digits_splits(seed=0)
