@@ -1,4 +1,5 @@
-"""Which implementation runs an op: the Triton kernels or the PyTorch fallback.
+"""Which implementation runs an op: the Triton kernels or the PyTorch fallback; and whether the kernels'
+launches are being traced into a graph (``launch_tracing``).
 
 ``"auto"`` runs Triton where it can (Triton importable and the tensor on a CUDA
 device, or any device under ``TRITON_INTERPRET=1``) and the fallback elsewhere.
@@ -11,6 +12,7 @@ import contextlib
 import importlib.util
 import os
 import sys
+import threading
 
 import torch
 
@@ -153,3 +155,22 @@ def triton_kernels(name: str):
     sys.modules[full_name] = module
     spec.loader.exec_module(module)
     return module
+
+
+class _LaunchTracing(threading.local):
+    active = False  # a class default: reading it costs no AttributeError on a thread that never set it
+
+
+launch_tracing = _LaunchTracing()  # read by every launch (``kernels/common.py``'s ``launcher``)
+
+
+@contextlib.contextmanager
+def traced_launches():
+    """Within: the launches are being traced into a graph (an op's functionalization rule runs its
+    implementation under ``torch.compile``), so each goes through ``torch.library.wrap_triton``."""
+    previous = launch_tracing.active
+    launch_tracing.active = True
+    try:
+        yield
+    finally:
+        launch_tracing.active = previous

@@ -11,41 +11,20 @@ with explicit 32-bit counter words (never ``tl.rand`` on int64 offsets, whose me
 Triton releases).
 """
 
-import contextlib
-import threading
-
 import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from effdrop_triton.backend import launch_tracing
 from effdrop_triton.levels import DropLevel
 
 # --- the launch ---
 
 
-class _Tracing(threading.local):
-    active = False  # a class default: reading it costs no AttributeError on a thread that never set it
-
-
-_tracing = _Tracing()
-
-
-@contextlib.contextmanager
-def traced_launches():
-    """Within: the launches are being traced into a graph (an op's functionalization rule runs its
-    implementation under ``torch.compile``)."""
-    previous = _tracing.active
-    _tracing.active = True
-    try:
-        yield
-    finally:
-        _tracing.active = previous
-
-
 def launcher(kernel):
     """``kernel`` itself for an eager launch; ``wrap_triton(kernel)`` while the launch is traced, so that
     the graph records it and the compiled graph makes it."""
-    return wrap_triton(kernel) if _tracing.active else kernel
+    return wrap_triton(kernel) if launch_tracing.active else kernel
 
 
 def cdiv(a: int, b: int) -> int:

@@ -28,7 +28,7 @@ from torch import nn
 from torch._subclasses.functional_tensor import FunctionalTensorMode
 
 from .. import backend
-from ..kernels.common import traced_launches
+from ..backend import traced_launches
 
 _is_compiling = torch.compiler.is_compiling
 _dispatch_modes = torch._C._len_torch_dispatch_stack
