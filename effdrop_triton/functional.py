@@ -3,8 +3,9 @@
 Each function is defined beside its custom op, autograd formula and PyTorch fallback in
 ``effdrop_triton/ops/<op>.py``; its kernels are in ``kernels/<op>.py`` (or ``kernels/unit_gate.py``,
 the gate drop-channel, drop-path and drop-layer's gradient share). A call validates its arguments,
-returns its input unchanged when ``training`` is False or ``p == 0`` (no kernel launch), draws a seed
-from PyTorch's default generator when none is given, and calls the op on the selected backend.
+draws a seed from PyTorch's default generator when none is given, and calls the op on the selected
+backend; without dropout (``training`` False or ``p == 0``) the dropout functions launch nothing
+(drop-neuron and drop-channel return their input, drop-path the concatenation, drop-layer the sum).
 """
 
 from .ops.drop_channel import drop_channel

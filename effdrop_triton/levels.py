@@ -8,6 +8,7 @@ Philox stream (``effdrop_triton.masks``) and the value of the kernels' ``DROP`` 
 from __future__ import annotations
 
 import enum
+import numbers
 from typing import Iterable, Optional, Union
 
 
@@ -26,8 +27,8 @@ class DropLevel(enum.IntEnum):
         level = None
         if isinstance(value, str):
             level = cls.__members__.get(value.upper()) if value.islower() else None
-        elif isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(cls):
-            level = cls(value)
+        elif isinstance(value, numbers.Integral) and not isinstance(value, bool) and 0 <= int(value) < len(cls):
+            level = cls(int(value))
         if level is None or level not in choices:
             valid = ", ".join(f"{int(c)} / {c.label!r}" for c in choices)
             raise ValueError(f"{name} must be one of {valid}, got {value!r}")

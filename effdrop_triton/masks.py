@@ -110,10 +110,10 @@ def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
     return c0, c1, c2, c3
 
 
-def philox_words(counter: torch.Tensor, seed: torch.Tensor, stream: int):
+def philox_words(counter: torch.Tensor, seed: torch.Tensor, level: int):
     """The four output words (int64 tensors) for int64 ``counter`` indices under the documented layout."""
     k0, k1 = seed_key(seed)
-    stream = int(stream)  # a DropLevel: NumPy takes no int subclass beside uint64 words
+    stream = int(level)  # the counter's stream word; NumPy takes no int subclass beside uint64 words
     shape = counter.shape
     counter = counter.reshape(-1)
     if counter.device.type == "cpu" and counter.numel() <= _NUMPY_MAX_CALLS:
@@ -127,9 +127,9 @@ def philox_words(counter: torch.Tensor, seed: torch.Tensor, stream: int):
     return tuple(w.view(shape) for w in words)
 
 
-def unit_keep(units: torch.Tensor, seed: torch.Tensor, stream: int, p: float) -> torch.Tensor:
+def unit_keep(units: torch.Tensor, seed: torch.Tensor, level: int, p: float) -> torch.Tensor:
     """Boolean keep decision for each int64 unit index in ``units``."""
-    word0 = philox_words(units, seed, stream)[0]
+    word0 = philox_words(units, seed, level)[0]
     return word0 < unit_threshold(p)
 
 
@@ -149,6 +149,11 @@ def neuron_keep(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.
         torch.lt(words & 0xFFFF, threshold, out=out[:, :, 0])
         torch.lt(words >> 16, threshold, out=out[:, :, 1])
     return keep[:numel]
+
+
+def neuron_dropped(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """Boolean mask of the elements drop-neuron drops, in ``x``'s logical shape."""
+    return neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
 
 
 def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, level: int, per_sample: bool,

@@ -25,7 +25,10 @@ from .ops.norm_act_drop_conv2d import conv_args
 
 def check_inner_drop_type(drop_type: Union[int, str]) -> DropLevel:
     """The dropout levels that act inside a norm or conv block: neuron (0) or channel (1)."""
-    level = DropLevel.parse(drop_type)
+    try:
+        level = DropLevel.parse(drop_type)
+    except ValueError:
+        level = None
     if level not in INNER_LEVELS:
         raise ValueError(
             f"drop_type inside a norm/conv block must be 'neuron' (0) or 'channel' (1), got {drop_type!r}; "
@@ -86,14 +89,18 @@ class ActDrop(InputStats):
         """The level the fused op drops at in this call; None when no dropout runs (eval, or rate 0)."""
         return self.drop_type if self.training and self.drop_rate > 0.0 else None
 
-    def _norm_act_drop(self, x: Tensor, settings: NormSettings, running_mean: Optional[Tensor],
-                       running_var: Optional[Tensor], conv: Optional[nn.Conv2d]) -> Tensor:
+    def _fused_or_eager(self, x: Tensor, settings: NormSettings, running_mean: Optional[Tensor],
+                        running_var: Optional[Tensor], conv: Optional[nn.Conv2d]) -> Tensor:
         """The forward of every norm-act-drop module: ``x`` through the norm, ReLU and dropout (then ``conv``
-        if given), fused or eager, recording the input statistics when the module tracks them."""
-        if not self.fused:
+        if given), fused or eager, recording the input statistics when the module tracks them. Only a plain
+        zero-padded ``nn.Conv2d`` fuses; another conv (padding modes, subclasses) runs on the fused output."""
+        if not self.fused or (conv is not None and (type(conv) is not nn.Conv2d or conv.padding_mode != "zeros")):
             if self.track_stats:
                 self.record_input_stats(*input_channel_stats(x))
-            out = self.act_drop(self._eager_norm(x, settings, running_mean, running_var))
+            if self.fused:
+                out = fused_norm_act_drop(x, self.weight, self.bias, running_mean, running_var, settings)
+            else:
+                out = self.act_drop(self._eager_norm(x, settings, running_mean, running_var))
             return out if conv is None else conv(out)
         if conv is not None:
             conv = conv_args(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
@@ -144,7 +151,7 @@ class BatchNormActDrop2d(nn.BatchNorm2d, ActDrop):
         batch_stats = self.training or (self.running_mean is None and self.running_var is None)
         settings = NormSettings(0, batch_stats, 0.0 if self.momentum is None else self.momentum, counter, self.eps,
                                 self.act, self._active_level(), self.drop_rate)
-        return self._norm_act_drop(x, settings, self.running_mean if use_running else None,
+        return self._fused_or_eager(x, settings, self.running_mean if use_running else None,
                                    self.running_var if use_running else None, conv)
 
     def extra_repr(self) -> str:
@@ -172,7 +179,7 @@ class GroupNormActDrop(nn.GroupNorm, ActDrop):
             raise ValueError(f"expected {self.num_channels} channels (dim 1 of the input), got input of shape {tuple(x.shape)}")
         settings = NormSettings(self.num_groups, True, 0.0, None, self.eps, self.act, self._active_level(),
                                 self.drop_rate)
-        return self._norm_act_drop(x, settings, None, None, conv)
+        return self._fused_or_eager(x, settings, None, None, conv)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, {self._act_drop_repr()}"

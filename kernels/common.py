@@ -38,7 +38,7 @@ def next_power_of_2(n: int) -> int:
 
 # --- random numbers ---
 
-# the levels as compile-time constants: a level's number is its Philox stream and a kernel's DROP value
+# the levels as compile-time constants: a level's number is its Philox stream word and a kernel's LEVEL value
 NEURON = tl.constexpr(int(DropLevel.NEURON))
 CHANNEL = tl.constexpr(int(DropLevel.CHANNEL))
 PATH = tl.constexpr(int(DropLevel.PATH))
@@ -46,18 +46,18 @@ LAYER = tl.constexpr(int(DropLevel.LAYER))
 
 
 @triton.jit
-def philox_words(seed, counter, stream: tl.constexpr):
-    """Four uint32 Philox outputs for int64 ``counter`` (any shape) on a level's stream."""
+def philox_words(seed, counter, level: tl.constexpr):
+    """Four uint32 Philox outputs for int64 ``counter`` (any shape) on ``level``'s stream."""
     lo = (counter & 0xFFFFFFFF).to(tl.uint32)
     hi = (counter >> 32).to(tl.uint32)
     zero = lo * 0
-    return tl.philox(seed, lo, hi, zero + stream, zero)
+    return tl.philox(seed, lo, hi, zero + level, zero)
 
 
 @triton.jit
-def unit_keep(seed, unit, stream: tl.constexpr, threshold):
+def unit_keep(seed, unit, level: tl.constexpr, threshold):
     """Keep decision of gated units: word 0 below the 32-bit threshold (an int64)."""
-    word0, _, _, _ = philox_words(seed, unit, stream)
+    word0, _, _, _ = philox_words(seed, unit, level)
     return word0.to(tl.int64) < threshold
 
 

@@ -7,7 +7,7 @@ R = N). Every pass turns them, with the affine parameters, into ``scale = weight
 as the fallback does (``scale' = shift' = 0`` for a dropped channel), so forward and backward see
 the same affine output ``z = x * scale' + shift'`` and the same ReLU mask, and no per-channel
 table is ever built by PyTorch ops. The dropout level is ``None`` (no dropout), ``DropLevel.NEURON``
-or ``DropLevel.CHANNEL``, and the kernels' ``DROP`` constexpr is that level's number (``None`` without
+or ``DropLevel.CHANNEL``, and the kernels' ``LEVEL`` constexpr is that level's number (``None`` without
 dropout). Masks follow ``effdrop_triton.masks``: drop-channel gates unit ``n * C + c`` on the channel
 stream, drop-neuron takes the 16-bit number of the element's logical row-major index on the neuron
 stream (the passes then tile groups of 8 neighbours, which share a Philox call).
@@ -58,18 +58,18 @@ def _affine(stats_ptr, weight_ptr, bias_ptr, n, c, N, C, G, eps, in_bounds, GROU
 
 @triton.jit
 def _folded_affine(stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, in_bounds, threshold, dscale,
-                   DROP: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
+                   LEVEL: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
     """``(mean, invstd, k1, scale', shift', keep)`` of (n, c) index tensors: ``k1 = weight * invstd`` and the
     affine with dropout's scale folded in; ``keep`` is the channel gate (always true unless drop-channel)."""
     mean, invstd, scale, shift = _affine(stats_ptr, weight_ptr, bias_ptr, n, c, N, C, G, eps, in_bounds, GROUPED,
                                          HAS_WEIGHT, HAS_BIAS)
     k1 = scale
     keep = c >= 0
-    if DROP == CHANNEL:
+    if LEVEL == CHANNEL:
         keep = unit_keep(tl.load(seed_ptr), n * C + c, CHANNEL, threshold)
         scale = tl.where(keep, scale * dscale, 0.0)
         shift = tl.where(keep, shift * dscale, 0.0)
-    elif DROP == NEURON:
+    elif LEVEL == NEURON:
         scale = scale * dscale
         shift = shift * dscale
     return mean, invstd, k1, scale, shift, keep
@@ -83,7 +83,7 @@ def _act(z, ACT: tl.constexpr):
     return z
 
 
-# Every pass is one kernel whose DROP constexpr is the level: with drop-neuron it holds groups of 8 logical
+# Every pass is one kernel whose LEVEL constexpr is the level: with drop-neuron it holds groups of 8 logical
 # neighbours (``common.neuron_plan``'s tiles, as the standalone drop-neuron's kernels do), so that each thread
 # makes its groups' Philox calls once; otherwise ``common.tile_plan``'s (or ``reduction_plan``'s) tiles.
 
@@ -103,7 +103,7 @@ def _norm_act_drop_fwd_kernel(
     threshold,  # keep rule of the level (16-bit neuron or 32-bit unit threshold)
     dscale,  # fp32 1 / (1 - p) (1 without dropout)
     ACT: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,  # GROUPED: GroupNorm
-    DROP: tl.constexpr,  # the level: None (no dropout), NEURON or CHANNEL
+    LEVEL: tl.constexpr,  # the level: None (no dropout), NEURON or CHANNEL
     S_UNIT_STRIDE: tl.constexpr,  # x_ss == out_ss == 1 (NCHW)
     C_UNIT_STRIDE: tl.constexpr,  # x_sc == out_sc == 1 (channels_last)
     BLOCK_N: tl.constexpr,
@@ -114,20 +114,20 @@ def _norm_act_drop_fwd_kernel(
     BLOCK_G: tl.constexpr,  # drop-neuron: groups of 8 along the grouped axis per program (else 1)
     LANES: tl.constexpr,  # drop-neuron: neighbours per piece (1 for CHANNEL_VECTORS)
 ):
-    if DROP == NEURON:
+    if LEVEL == NEURON:
         n, c_group, g, first = program_neuron_tile(C, S, num_s_blocks, num_c_blocks, TILE, BLOCK_N, BLOCK_C, BLOCK_G)
         words = group_words(seed_ptr, first, ALIGNED)
         if TILE != CHANNEL_GROUPS:  # a group's elements share a channel: its constants load once
             mean, invstd, k1, scale, shift, always_kept = _folded_affine(
                 stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c_group, N, C, G, eps, (n < N) & (c_group < C),
-                threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+                threshold, dscale, LEVEL, GROUPED, HAS_WEIGHT, HAS_BIAS)
         for piece in tl.static_range(8 // LANES):
             c, s, j, in_bounds = neuron_piece(n, c_group, g, piece, N, C, S, TILE, LANES)
             keep = group_keep(words, first, j, threshold, ALIGNED)
             if TILE == CHANNEL_GROUPS:
                 mean, invstd, k1, scale, shift, always_kept = _folded_affine(
                     stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, in_bounds,
-                    threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+                    threshold, dscale, LEVEL, GROUPED, HAS_WEIGHT, HAS_BIAS)
             x = tl.load(address(x_ptr, n, c, s, x_sn, x_sc, x_ss, S_UNIT_STRIDE, C_UNIT_STRIDE), mask=in_bounds,
                         other=0.0).to(tl.float32)
             z = tl.where(keep, _act(x * scale + shift, ACT), 0.0)
@@ -138,7 +138,7 @@ def _norm_act_drop_fwd_kernel(
         in_bounds = nc_in_bounds & (s < S)
         mean, invstd, k1, scale, shift, keep = _folded_affine(
             stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds,
-            threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+            threshold, dscale, LEVEL, GROUPED, HAS_WEIGHT, HAS_BIAS)
         x_at = address(x_ptr, n, c, s, x_sn, x_sc, x_ss, S_UNIT_STRIDE, C_UNIT_STRIDE)
         if S_UNIT_STRIDE:  # rows of a dropped channel are never read (scale' = shift' = 0 gives +0)
             x = tl.load(x_at, mask=in_bounds & keep, other=0.0).to(tl.float32)
@@ -211,13 +211,13 @@ def _sum_terms(x, dy, keep, mean, invstd, scale, shift, dscale, in_bounds, ACT: 
 
 @triton.jit
 def _dx_constants(stats_ptr, weight_ptr, bias_ptr, sums_ptr, seed_ptr, n, c, N, C, G, S, eps, nc_in_bounds, threshold,
-                  dscale, DROP: tl.constexpr, COUPLED: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                  dscale, LEVEL: tl.constexpr, COUPLED: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                   HAS_BIAS: tl.constexpr):
     """``(constants, keep)``: the per-(n, c) constants of ``_dx`` and the channel gate (k2, k3 only when
     COUPLED)."""
     mean, invstd, k1, scale, shift, keep = _folded_affine(
         stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, nc_in_bounds,
-        threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+        threshold, dscale, LEVEL, GROUPED, HAS_WEIGHT, HAS_BIAS)
     k2 = k1
     k3 = k1
     if COUPLED:
@@ -253,7 +253,7 @@ def _norm_act_drop_bwd_sums_kernel(
     threshold,
     dscale,
     ACT: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,  # GROUPED: GroupNorm
-    DROP: tl.constexpr,  # the level of the forward's mask: None, NEURON or CHANNEL
+    LEVEL: tl.constexpr,  # the level of the forward's mask: None, NEURON or CHANNEL
     S_UNIT_STRIDE: tl.constexpr,  # x_ss == dy_ss == 1
     C_UNIT_STRIDE: tl.constexpr,  # x_sc == dy_sc == 1
     BLOCK_N: tl.constexpr,  # samples per program (drop-neuron; 1 otherwise)
@@ -264,12 +264,12 @@ def _norm_act_drop_bwd_sums_kernel(
     BLOCK_G: tl.constexpr,
     LANES: tl.constexpr,
 ):
-    if DROP != NEURON:
+    if LEVEL != NEURON:
         n, channels, k = reduction_rows(num_c_blocks, num_chunks, BLOCK_C)  # channels: [BC]
         c = channels[:, None]  # [BC, 1]
         mean, invstd, k1, scale, shift, keep = _folded_affine(
             stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, c < C,
-            threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+            threshold, dscale, LEVEL, GROUPED, HAS_WEIGHT, HAS_BIAS)
         acc_dz = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
         acc_dz_xhat = tl.zeros([BLOCK_C, BLOCK_S], dtype=tl.float32)
         i = 0
@@ -292,7 +292,7 @@ def _norm_act_drop_bwd_sums_kernel(
             keep = group_keep(words, first, j, threshold, ALIGNED)
             mean, invstd, k1, scale, shift, always_kept = _folded_affine(
                 stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, in_bounds,
-                threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+                threshold, dscale, LEVEL, GROUPED, HAS_WEIGHT, HAS_BIAS)
             x, dy = _x_dy(x_ptr, dy_ptr, n, c, s, x_sn, x_sc, x_ss, dy_sn, dy_sc, dy_ss, in_bounds, S_UNIT_STRIDE,
                           C_UNIT_STRIDE)
             dz, dz_xhat = _sum_terms(x, dy, keep, mean, invstd, scale, shift, dscale, in_bounds, ACT)
@@ -304,7 +304,7 @@ def _norm_act_drop_bwd_sums_kernel(
         # (named throwaways below: a `_` reassigned in the loop would be a loop-carried value changing type)
         mean, invstd, k1, scale, shift, always_kept = _folded_affine(
             stats_ptr, weight_ptr, bias_ptr, seed_ptr, n, c, N, C, G, eps, (n < N) & (c < C),
-            threshold, dscale, DROP, GROUPED, HAS_WEIGHT, HAS_BIAS)
+            threshold, dscale, LEVEL, GROUPED, HAS_WEIGHT, HAS_BIAS)
         if TILE == CHANNEL_VECTORS:  # [groups, channels]
             acc_dz = tl.zeros([BLOCK_N * BLOCK_G, BLOCK_C], dtype=tl.float32)
         else:  # [groups, lanes]
@@ -359,7 +359,7 @@ def _norm_act_drop_bwd_dx_kernel(
     threshold,
     dscale,
     ACT: tl.constexpr, GROUPED: tl.constexpr, HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr,  # GROUPED: GroupNorm
-    DROP: tl.constexpr,  # the level of the forward's mask: None, NEURON or CHANNEL
+    LEVEL: tl.constexpr,  # the level of the forward's mask: None, NEURON or CHANNEL
     COUPLED: tl.constexpr,  # the statistics depend on x (batch statistics, GroupNorm): dx = k1 dz + k2 xhat + k3
     S_UNIT_STRIDE: tl.constexpr,  # x_ss == dy_ss == dx_ss == 1
     C_UNIT_STRIDE: tl.constexpr,  # x_sc == dy_sc == dx_sc == 1
@@ -371,20 +371,20 @@ def _norm_act_drop_bwd_dx_kernel(
     BLOCK_G: tl.constexpr,
     LANES: tl.constexpr,
 ):
-    if DROP == NEURON:
+    if LEVEL == NEURON:
         n, c_group, g, first = program_neuron_tile(C, S, num_s_blocks, num_c_blocks, TILE, BLOCK_N, BLOCK_C, BLOCK_G)
         words = group_words(seed_ptr, first, ALIGNED)
         if TILE != CHANNEL_GROUPS:
             constants, always_kept = _dx_constants(
                 stats_ptr, weight_ptr, bias_ptr, sums_ptr, seed_ptr, n, c_group, N, C, G, S, eps,
-                (n < N) & (c_group < C), threshold, dscale, DROP, COUPLED, GROUPED, HAS_WEIGHT, HAS_BIAS)
+                (n < N) & (c_group < C), threshold, dscale, LEVEL, COUPLED, GROUPED, HAS_WEIGHT, HAS_BIAS)
         for piece in tl.static_range(8 // LANES):
             c, s, j, in_bounds = neuron_piece(n, c_group, g, piece, N, C, S, TILE, LANES)
             keep = group_keep(words, first, j, threshold, ALIGNED)
             if TILE == CHANNEL_GROUPS:
                 constants, always_kept = _dx_constants(
                     stats_ptr, weight_ptr, bias_ptr, sums_ptr, seed_ptr, n, c, N, C, G, S, eps, in_bounds, threshold,
-                    dscale, DROP, COUPLED, GROUPED, HAS_WEIGHT, HAS_BIAS)
+                    dscale, LEVEL, COUPLED, GROUPED, HAS_WEIGHT, HAS_BIAS)
             x, dy = _x_dy(x_ptr, dy_ptr, n, c, s, x_sn, x_sc, x_ss, dy_sn, dy_sc, dy_ss, in_bounds, S_UNIT_STRIDE,
                           C_UNIT_STRIDE)
             tl.store(address(dx_ptr, n, c, s, dx_sn, dx_sc, dx_ss, S_UNIT_STRIDE, C_UNIT_STRIDE),
@@ -393,7 +393,7 @@ def _norm_act_drop_bwd_dx_kernel(
         n, c, s, nc_in_bounds = tile(N, C, num_s_blocks, num_c_blocks, BLOCK_N, BLOCK_C, BLOCK_S)
         in_bounds = nc_in_bounds & (s < S)
         constants, keep = _dx_constants(stats_ptr, weight_ptr, bias_ptr, sums_ptr, seed_ptr, n, c, N, C, G, S, eps,
-                                        nc_in_bounds, threshold, dscale, DROP, COUPLED, GROUPED, HAS_WEIGHT, HAS_BIAS)
+                                        nc_in_bounds, threshold, dscale, LEVEL, COUPLED, GROUPED, HAS_WEIGHT, HAS_BIAS)
         x, dy = _x_dy(x_ptr, dy_ptr, n, c, s, x_sn, x_sc, x_ss, dy_sn, dy_sc, dy_ss, in_bounds, S_UNIT_STRIDE,
                       C_UNIT_STRIDE)
         tl.store(address(dx_ptr, n, c, s, dx_sn, dx_sc, dx_ss, S_UNIT_STRIDE, C_UNIT_STRIDE),
@@ -420,9 +420,9 @@ def _tiling(N: int, C: int, S: int, strides, level, element_size: int):
     layout = unit_strides(S, *strides)
     if level == DropLevel.NEURON:
         grid, blocks, meta = neuron_plan(N, C, S, layout["C_UNIT_STRIDE"], element_size)
-        return grid, blocks, dict(meta, DROP=int(level), BLOCK_S=1, **layout)
+        return grid, blocks, dict(meta, LEVEL=int(level), BLOCK_S=1, **layout)
     grid, blocks, meta = tile_plan(N, C, S, layout["C_UNIT_STRIDE"])
-    return grid, blocks, dict(meta, DROP=None if level is None else int(level), TILE=None, ALIGNED=None, BLOCK_G=1,
+    return grid, blocks, dict(meta, LEVEL=None if level is None else int(level), TILE=None, ALIGNED=None, BLOCK_G=1,
                               LANES=None, **layout)
 
 

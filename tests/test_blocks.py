@@ -169,6 +169,29 @@ def test_block_type_0_calls_its_norm_module_once(norm):
         assert int(block.norm.num_batches_tracked) == 2
 
 
+@pytest.mark.parametrize("padding_mode", ["reflect", "circular"])
+def test_norm_module_with_a_conv_that_does_not_fuse(padding_mode):
+    """A conv with another padding mode runs on the fused norm's output: the same values and gradients as
+    the eager composition (the same mask for the same generator state)."""
+    conv = nn.Conv2d(4, 6, 3, padding=1, padding_mode=padding_mode)
+    outs, grads = [], []
+    for fused in (True, False):
+        norm = BatchNormActDrop2d(4, drop_rate=0.3, fused=fused)
+        x = torch.randn(2, 4, 5, 5, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        torch.manual_seed(7)
+        out = norm(x, conv=conv)
+        out.sum().backward()
+        outs.append(out.detach()), grads.append(x.grad)
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_norm_module_rejects_outer_levels_with_one_message():
+    for drop_type in ("path", 3, "dropblock"):
+        with pytest.raises(ValueError, match=r"inside a norm/conv block must be 'neuron' \(0\) or 'channel' \(1\), got"):
+            BatchNormActDrop2d(4, drop_type=drop_type)
+
+
 def test_state_dict_loads_both_ways():
     ours = BatchNormActDrop2d(7, drop_rate=0.2, track_stats=True)
     ours(torch.randn(4, 7, 3, 3))

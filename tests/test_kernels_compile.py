@@ -164,7 +164,7 @@ NORM_OPS = {
     "gn_channel": dict(p=0.2, seed=1, norm="gn", num_groups=8),
     "gn_neuron": dict(p=0.2, seed=1, norm="gn", num_groups=8, drop_type="neuron"),
 }
-# the DROP constexpr of each case's kernels: the level's number, None without dropout (eval)
+# the LEVEL constexpr of each case's kernels: the level's number, None without dropout (eval)
 NORM_LEVELS = {"bn_channel": int(DropLevel.CHANNEL), "bn_neuron": int(DropLevel.NEURON), "bn_eval": None,
                "gn_channel": int(DropLevel.CHANNEL), "gn_neuron": int(DropLevel.NEURON)}
 
@@ -204,7 +204,7 @@ def test_norm_act_drop_launches_compile_with_128bit_element_access(launches, cas
     assert names == expected, names
     for fn, args, kwargs in launches:
         bound = dict(zip(fn.arg_names, args), **kwargs)
-        assert bound.get("DROP", NORM_LEVELS[case]) == NORM_LEVELS[case], (fn.__name__, bound["DROP"])
+        assert bound.get("LEVEL", NORM_LEVELS[case]) == NORM_LEVELS[case], (fn.__name__, bound["LEVEL"])
         if fn.__name__ == "_finish_moments_kernel":  # merges the (N, C, K) partials: no element access
             continue
         ptx = compile_launch(fn, args, kwargs).asm["ptx"]
@@ -245,7 +245,7 @@ def test_norm_act_drop_neuron_runs_each_philox_call_once(launches, norm, channel
         bound = dict(zip(fn.arg_names, args), **kwargs)
         if "seed_ptr" not in bound:  # the statistics pass draws nothing
             continue
-        assert bound["DROP"] == int(DropLevel.NEURON), (fn.__name__, bound["DROP"])
+        assert bound["LEVEL"] == int(DropLevel.NEURON), (fn.__name__, bound["LEVEL"])
         calls = _elements_per_program(bound) // 8 * (1 if bound.get("ALIGNED", True) else 2)
         calls_per_thread = max(1, calls // (32 * bound["num_warps"]))
         high_products = compile_launch(fn, args, kwargs).asm["ptx"].count("mul.hi")

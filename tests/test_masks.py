@@ -90,6 +90,12 @@ def test_levels_are_the_documented_streams():
         assert DropLevel.parse(number) is DropLevel.parse(name) is DropLevel(number)
 
 
+def test_level_parse_takes_any_integral_number():
+    import numpy as np
+
+    assert DropLevel.parse(np.int64(2)) is DropLevel.PATH and DropLevel.parse(torch.tensor(3).item()) is DropLevel.LAYER
+
+
 @pytest.mark.parametrize("value", [4, -1, True, "Neuron", "drop", 1.0, None])
 def test_level_parse_rejects(value):
     with pytest.raises(ValueError, match=r"drop_type must be one of 0 / 'neuron', 1 / 'channel'"):

@@ -1,7 +1,7 @@
-"""One file per op: its public function (argument checks), its ``torch.library`` custom op (namespace
-``effdrop``) with the autograd formula, and its PyTorch fallback; the op's Triton kernels sit in
-``kernels/`` under the same name (the unit gate, shared by drop-channel, drop-path and drop-layer's
-gradient, in ``kernels/unit_gate.py``).
+"""One file per op: its public function (argument checks; ``norm_stats`` has none), its ``torch.library``
+custom op (namespace ``effdrop``) with the autograd formula, and its PyTorch fallback (the unit levels'
+is the gate of ``masks.unit_gate_torch``); the op's Triton kernels sit in ``kernels/`` under the same
+name, or in ``kernels/unit_gate.py``, the gate drop-channel, drop-path and drop-layer's gradient share.
 
 Each op takes the seed as a 0-d int64 tensor and a ``use_triton`` flag fixed at call
 time, so backward runs on the backend its forward ran on and regenerates the mask

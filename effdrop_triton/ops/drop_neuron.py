@@ -16,7 +16,7 @@ from ._autograd import self_adjoint
 def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
     """Fallback: the documented 16-bit mask, generated with Philox in int64 arithmetic."""
     out = empty_dense_like(x)
-    drop = masks.neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
+    drop = masks.neuron_dropped(x, seed, p)
     torch.mul(x, masks.keep_scale(p), out=out)
     return out.masked_fill_(drop, 0)
 

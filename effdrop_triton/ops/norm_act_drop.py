@@ -1,6 +1,6 @@
 """Fused normalization -> affine -> ReLU -> drop-neuron / drop-channel: ``norm_act_drop``, its custom op
-and the forward every caller goes through (``fused_norm_act_drop``: the public function, the
-norm-act-drop modules and the conv variant).
+and the fused forward (``fused_norm_act_drop``: statistics op, seed, apply op), which the public
+function, the conv variant and the fused norm-act-drop modules share.
 
 The statistics come in as one ``(2, R, G)`` input (``effdrop::norm_stats``, or the running
 statistics stacked); this op is the apply pass and its backward. Per channel (BatchNorm) or per
@@ -64,11 +64,6 @@ def channel_keep(x: Tensor, seed: Tensor, p: float) -> Tensor:
                            device=x.device)
 
 
-def neuron_drop(x: Tensor, seed: Tensor, p: float) -> Tensor:
-    """Boolean drop mask of drop-neuron in ``x``'s logical shape (the mask of ``drop_neuron``)."""
-    return masks.neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
-
-
 def folded_affine(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, level: Optional[int]):
     """``(scale', shift')`` broadcastable to ``x``: the affine with dropout's scale folded in
     (+0 for dropped channels). The Triton kernels fold with the same fp32 products."""
@@ -99,7 +94,7 @@ def norm_act_drop_torch(x: Tensor, tables: Tables, seed: Optional[Tensor], p: fl
     if act:
         z.relu_()
     if level == DropLevel.NEURON:
-        z.masked_fill_(neuron_drop(x, seed, p), 0)
+        z.masked_fill_(masks.neuron_dropped(x, seed, p), 0)
     return z if z.dtype == x.dtype else z.to(x.dtype)
 
 
@@ -115,7 +110,7 @@ def norm_act_drop_backward_torch(grad: Tensor, x: Tensor, tables: Tables, seed: 
         gate = gate_factor(channel_keep(x, seed, p), p, x32.dtype)
         dz = dz * gate.view(N, C, *(1,) * (x.dim() - 2))
     elif level == DropLevel.NEURON:
-        dz = (dz * masks.keep_scale(p)).masked_fill_(neuron_drop(x, seed, p), 0)
+        dz = (dz * masks.keep_scale(p)).masked_fill_(masks.neuron_dropped(x, seed, p), 0)
     if act:  # the ReLU mask: the recomputed (dropout-scaled) affine output is positive
         scale, shift = folded_affine(x, tables, seed, p, level)
         z = torch.mul(x32, scale).add_(shift)

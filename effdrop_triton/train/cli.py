@@ -54,9 +54,9 @@ USAGE_ERRORS = (UsageError, DatasetNotFound, CheckpointError)
 def drop_level(value) -> str:
     """``--drop-type``: a level's name or the paper repository's number (0 neuron, 1 channel, 2 path,
     3 layer), checked by :meth:`DropLevel.parse` and kept as the name (config.yaml stays readable)."""
-    text = str(value)
+    text = value if isinstance(value, int) else str(value)
     try:
-        return DropLevel.parse(int(text) if text.isdigit() else text).label
+        return DropLevel.parse(int(text) if isinstance(text, str) and text.isdigit() else text).label
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from error
 
