@@ -94,22 +94,20 @@ class ActDrop(InputStats):
         """The forward of every norm-act-drop module: ``x`` through the norm, ReLU and dropout (then ``conv``
         if given), fused or eager, recording the input statistics when the module tracks them. Only a plain
         zero-padded ``nn.Conv2d`` fuses; another conv (padding modes, subclasses) runs on the fused output."""
-        if not self.fused or (conv is not None and (type(conv) is not nn.Conv2d or conv.padding_mode != "zeros")):
+        if not self.fused:
             if self.track_stats:
                 self.record_input_stats(*input_channel_stats(x))
-            if self.fused:
-                out = fused_norm_act_drop(x, self.weight, self.bias, running_mean, running_var, settings)
-            else:
-                out = self.act_drop(self._eager_norm(x, settings, running_mean, running_var))
+            out = self.act_drop(self._eager_norm(x, settings, running_mean, running_var))
             return out if conv is None else conv(out)
-        if conv is not None:
-            conv = conv_args(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        fuse_conv = conv is not None and type(conv) is nn.Conv2d and conv.padding_mode == "zeros"
+        conv_settings = (conv_args(x, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+                         if fuse_conv else None)
         out = fused_norm_act_drop(x, self.weight, self.bias, running_mean, running_var, settings,
-                                  input_stats=self.track_stats, conv=conv)
+                                  input_stats=self.track_stats, conv=conv_settings)
         if self.track_stats:
             out, (mean, var) = out
             self.record_input_stats(mean, var)
-        return out
+        return out if conv is None or fuse_conv else conv(out)
 
     def _act_drop_repr(self) -> str:
         return (f"act={self.act}, drop_type={self.drop_type.label!r}, drop_rate={self.drop_rate}, fused={self.fused}, "
