@@ -1,4 +1,4 @@
-"""Philox4x32-10 in plain PyTorch integer arithmetic, and the keep rules of every level.
+"""Philox4x32-10 in plain NumPy / PyTorch integer arithmetic, and the keep rules of every level.
 
 This is the fallback's random number generator and the documented definition of a
 mask; the Triton kernels call ``tl.philox`` with the same counter words and must agree
@@ -16,7 +16,8 @@ Keep rules:
 * drop-neuron: element ``i`` (the row-major index in the tensor's logical shape,
   whatever its memory layout) uses Philox call ``g = i // 8``; its 16-bit number is
   half ``i % 2`` (0 = low bits) of output word ``(i % 8) // 2``. The element is kept
-  when that number is below ``round((1 - p) * 2**16)``.
+  when that number is below ``round((1 - p) * 2**16)``. So one call decides one byte
+  of elements: bit ``j`` of the packed mask's byte ``g`` is the keep bit of element ``8g + j``.
 * drop-channel / drop-path / drop-layer: unit ``u`` uses output word 0 of Philox call
   ``u`` and is kept when it is below ``round((1 - p) * 2**32)``. Units are
   ``n * C + c`` (channel), ``n * P + path`` or ``path`` (path, sample / batch mode),
@@ -26,8 +27,10 @@ Kept values are multiplied by the fp32 scale ``1 / (1 - p)`` (0 when ``p == 1``)
 dropped unit are written as +0.0 (never ``0 * x``, which is NaN for non-finite and -0.0 for
 negative ``x``).
 
-Products of two 32-bit words are formed in int64: they wrap like unsigned 64-bit
-products, so the low half is ``prod & MASK`` and the high half ``(prod >> 32) & MASK``.
+On the CPU the rounds run in NumPy on uint64 words (a NumPy operation costs a fraction of a
+PyTorch one, and its products of 32-bit words never overflow), elsewhere in PyTorch int64,
+whose products wrap like unsigned 64-bit ones: the low half is ``prod & MASK`` and the high
+half ``(prod >> 32) & MASK``.
 """
 
 from __future__ import annotations
@@ -47,10 +50,8 @@ N_ROUNDS = 10
 NEURON_BITS = 16
 UNIT_BITS = 32
 
-# Philox calls per chunk of the neuron mask: keeps the int64 work buffers in cache.
-_NEURON_CHUNK_CALLS = 1 << 17
-# Below this many Philox calls on the CPU, NumPy runs the rounds (less overhead per operation).
-_NUMPY_MAX_CALLS = 1 << 14
+# Philox calls per chunk of the neuron mask: keeps the round's work buffers in the L2 cache.
+_NEURON_CHUNK_CALLS = 1 << 15
 
 
 def neuron_threshold(p: float) -> int:
@@ -76,66 +77,113 @@ def seed_key(seed: torch.Tensor):
     return seed & MASK32, (seed >> 32) & MASK32
 
 
-def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
-    """Philox4x32 on int64 tensors (or uint64 NumPy arrays) holding 32-bit words; overwrites its inputs.
+# a round's constants, stacked as the words they act on: (c0, c2) multiplied by (A, B), keys (k0, k1)
+_ROUND_FACTOR = np.array((ROUND_A, ROUND_B), np.uint64).reshape(2, 1)
+_KEY_STEPS = np.array((KEY_A, KEY_B), np.uint64).reshape(1, 2, 1) * np.arange(N_ROUNDS, dtype=np.uint64).reshape(-1, 1, 1)
 
-    Returns the four output words, each in ``[0, 2**32)``.
+
+def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
+    """Philox4x32 on int64 tensors or uint64 NumPy arrays of the same 1-d shape, holding 32-bit words.
+
+    Returns the four output words, each in ``[0, 2**32)``. The words a round multiplies (c0, c2)
+    and the ones it passes on (c1, c3) are stacked, so a round is five array operations (six in
+    int64, whose right shift is arithmetic) whatever the number of counters.
     """
-    xp = np if isinstance(c0, np.ndarray) else torch
-    signed = xp is torch  # int64 right shifts are arithmetic: mask the high half
-    prod0 = xp.empty_like(c0)
-    prod1 = xp.empty_like(c0)
-    high = xp.empty_like(c0)
-    for _ in range(n_rounds):
-        xp.multiply(c0, ROUND_A, out=prod0)
-        xp.multiply(c2, ROUND_B, out=prod1)
-        # new c0 = hi(B * c2) ^ c1 ^ k0, built in c1's buffer
-        xp.bitwise_right_shift(prod1, 32, out=high)
-        if signed:
+    numpy = isinstance(c0, np.ndarray)
+    even, odd = (np.stack((c0, c2)), np.stack((c1, c3))) if numpy else (torch.stack((c0, c2)), torch.stack((c1, c3)))
+    if numpy:
+        xp, factor, reverse = np, _ROUND_FACTOR, (lambda a: a[::-1])
+        keys = (np.array((k0, k1), np.uint64).reshape(2, 1) + _KEY_STEPS[:n_rounds]) & MASK32
+    else:
+        xp, reverse = torch, (lambda a: a.flip(0))
+        factor = torch.from_numpy(_ROUND_FACTOR.astype(np.int64)).to(c0.device)
+        key = torch.stack([torch.as_tensor(k, dtype=torch.int64, device=c0.device) for k in (k0, k1)]).view(2, 1)
+        keys = (key + torch.from_numpy(_KEY_STEPS[:n_rounds].astype(np.int64)).to(c0.device)) & MASK32
+    prod, high = xp.empty_like(even), xp.empty_like(even)
+    for key in keys:
+        xp.multiply(even, factor, out=prod)  # (A * c0, B * c2)
+        xp.bitwise_right_shift(prod, 32, out=high)
+        if not numpy:
             high &= MASK32
-        c1 ^= high
-        c1 ^= k0
-        # new c2 = hi(A * c0) ^ c3 ^ k1, built in c3's buffer
-        xp.bitwise_right_shift(prod0, 32, out=high)
-        if signed:
-            high &= MASK32
-        c3 ^= high
-        c3 ^= k1
-        # new c1 = lo(B * c2), new c3 = lo(A * c0)
-        xp.bitwise_and(prod1, MASK32, out=c0)
-        xp.bitwise_and(prod0, MASK32, out=c2)
-        c0, c1, c2, c3 = c1, c0, c3, c2
-        k0 = (k0 + KEY_A) & MASK32
-        k1 = (k1 + KEY_B) & MASK32
-    return c0, c1, c2, c3
+        # new (c0, c2) = (hi(B * c2) ^ c1 ^ k0, hi(A * c0) ^ c3 ^ k1)
+        xp.bitwise_xor(reverse(high), odd, out=even)
+        even ^= key
+        # new (c1, c3) = (lo(B * c2), lo(A * c0))
+        xp.bitwise_and(reverse(prod), MASK32, out=odd)
+    return even[0], odd[0], even[1], odd[1]
+
+
+def _words(counter, seed: torch.Tensor, level: int):
+    """The four output words for int64 ``counter`` indices (a NumPy array on the CPU, else a tensor), as
+    uint64 arrays or int64 tensors."""
+    k0, k1 = seed_key(seed)
+    if isinstance(counter, np.ndarray):
+        counter = counter.astype(np.uint64)  # the same bits: the counter's words
+        zero = np.zeros_like(counter)
+        return philox4x32(counter & MASK32, counter >> 32, zero + int(level), zero, k0, k1)
+    zero = torch.zeros_like(counter)
+    return philox4x32(counter & MASK32, counter >> 32, zero + int(level), zero, k0, k1)
 
 
 def philox_words(counter: torch.Tensor, seed: torch.Tensor, level: int):
     """The four output words (int64 tensors) for int64 ``counter`` indices under the documented layout."""
-    k0, k1 = seed_key(seed)
-    stream = int(level)  # the counter's stream word; NumPy takes no int subclass beside uint64 words
-    shape = counter.shape
-    counter = counter.reshape(-1)
-    if counter.device.type == "cpu" and counter.numel() <= _NUMPY_MAX_CALLS:
-        # few calls: NumPy's lower per-operation overhead wins (same rounds, uint64 words)
-        counter = counter.numpy().astype(np.uint64)
-        zero = np.zeros_like(counter)
-        words = philox4x32(counter & MASK32, counter >> np.uint64(32), zero + stream, zero, k0, k1)
-        return tuple(torch.from_numpy(w.astype(np.int64)).view(shape) for w in words)
-    zero = torch.zeros_like(counter)
-    words = philox4x32(counter & MASK32, counter >> 32, zero + stream, zero, k0, k1)
-    return tuple(w.view(shape) for w in words)
+    if counter.device.type == "cpu":
+        words = _words(counter.reshape(-1).numpy(), seed, level)
+        return tuple(torch.from_numpy(w.astype(np.int64)).view(counter.shape) for w in words)
+    return tuple(w.view(counter.shape) for w in _words(counter.reshape(-1), seed, level))
 
 
 def unit_keep(units: torch.Tensor, seed: torch.Tensor, level: int, p: float) -> torch.Tensor:
     """Boolean keep decision for each int64 unit index in ``units``."""
-    word0 = philox_words(units, seed, level)[0]
-    return word0 < unit_threshold(p)
+    if units.device.type == "cpu":
+        word0 = _words(units.reshape(-1).numpy(), seed, level)[0]
+        return torch.from_numpy(word0 < unit_threshold(p)).view(units.shape)
+    return philox_words(units, seed, level)[0] < unit_threshold(p)
+
+
+def neuron_keep_bits(numel: int, seed: torch.Tensor, p: float) -> torch.Tensor:
+    """The packed keep mask of ``numel`` elements on the CPU: ``ceil(numel / 8)`` uint8, bit ``j`` of
+    byte ``g`` the keep bit of element ``8g + j`` (one Philox call per byte)."""
+    threshold = np.uint16(neuron_threshold(p)) if p > 0.0 else None  # p = 0: 2**16, every element kept
+    calls = (numel + 7) // 8
+    bits = np.empty(calls, np.uint8)
+    # a call's four words side by side as uint32: viewed as uint16, its eight halves in element order
+    words = np.empty((min(calls, _NEURON_CHUNK_CALLS), 4), np.uint32)
+    for start in range(0, calls, _NEURON_CHUNK_CALLS):
+        stop = min(calls, start + _NEURON_CHUNK_CALLS)
+        n = stop - start
+        for w, word in enumerate(_words(np.arange(start, stop), seed, DropLevel.NEURON)):
+            words[:n, w] = word
+        halves = words[:n].view(np.uint16).reshape(-1)
+        keep = np.less(halves, threshold) if threshold is not None else np.ones(halves.shape, np.bool_)
+        bits[start:stop] = np.packbits(keep, bitorder="little")
+    return torch.from_numpy(bits)
+
+
+def dropped_from_bits(bits: torch.Tensor, numel: int) -> torch.Tensor:
+    """Flat boolean mask of the dropped elements from a packed keep mask (``neuron_keep_bits``)."""
+    dropped = np.unpackbits(np.invert(bits.numpy()), count=numel, bitorder="little")
+    return torch.from_numpy(dropped.view(np.bool_))
+
+
+# byte -> the eight elements' bit masks (all ones: kept, zeros: dropped), per element size
+_LANE_MASKS = {size: -np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1, bitorder="little").astype(kind)
+               for size, kind in ((2, np.int16), (4, np.int32), (8, np.int64))}
+_INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def zero_dropped_elements(dst: torch.Tensor, bits: torch.Tensor) -> None:
+    """Write +0.0 into the elements of a CPU tensor (logical row-major order, any layout) whose keep
+    bit in ``bits`` is clear, by and-ing their bits with zero: one pass, and exact for any value."""
+    masks = np.take(_LANE_MASKS[dst.element_size()], bits.numpy(), axis=0).reshape(-1)[:dst.numel()]
+    dst.view(_INT_OF_SIZE[dst.element_size()]).bitwise_and_(torch.from_numpy(masks).view(dst.shape))
 
 
 def neuron_keep(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.Tensor:
     """Flat boolean keep mask of ``numel`` elements, in logical row-major order."""
-    device = seed.device if device is None else device
+    device = seed.device if device is None else torch.device(device)
+    if device.type == "cpu":
+        return dropped_from_bits(neuron_keep_bits(numel, seed.cpu(), p), numel).logical_not_()
     seed = seed.to(device)
     threshold = neuron_threshold(p)
     calls = (numel + 7) // 8
@@ -153,6 +201,8 @@ def neuron_keep(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.
 
 def neuron_dropped(x: torch.Tensor, seed: torch.Tensor, p: float) -> torch.Tensor:
     """Boolean mask of the elements drop-neuron drops, in ``x``'s logical shape."""
+    if x.device.type == "cpu":
+        return dropped_from_bits(neuron_keep_bits(x.numel(), seed, p), x.numel()).view(x.shape)
     return neuron_keep(x.numel(), seed, p, x.device).view(x.shape).logical_not_()
 
 
@@ -162,13 +212,19 @@ def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, level: int,
     """(N, C) boolean keep decision of every (sample, channel) of a gated level, by the unit rule: the
     unit of (n, c) is ``n * units_per_sample`` (per-sample mode only) ``+ unit_base + c // channels_per_unit``.
 
-    One Philox call per distinct unit; channels of one unit share its decision.
+    One Philox call per distinct unit; channels of one unit share its decision. On the CPU the whole
+    table is one NumPy pass (a few dozen operations on a few units).
     """
-    device = seed.device if device is None else device
-    units = unit_base + torch.arange(-(-C // channels_per_unit), dtype=torch.int64, device=device)
+    device = seed.device if device is None else torch.device(device)
+    xp = np if device.type == "cpu" else torch
+    units = unit_base + xp.arange(-(-C // channels_per_unit))
     if per_sample:
-        units = torch.arange(N, dtype=torch.int64, device=device)[:, None] * units_per_sample + units
-    keep = unit_keep(units, seed.to(device), level, p).view(-1 if per_sample else 1, units.shape[-1])
+        units = xp.arange(N)[:, None] * units_per_sample + units
+    if xp is np:
+        keep = torch.from_numpy(_words(units.reshape(-1), seed, level)[0] < unit_threshold(p))
+    else:
+        keep = unit_keep(units.to(device), seed.to(device), level, p)
+    keep = keep.view(-1 if per_sample else 1, units.shape[-1])
     if channels_per_unit > 1:
         keep = keep.repeat_interleave(channels_per_unit, dim=1)[:, :C]
     return keep.expand(N, C)
@@ -183,11 +239,18 @@ def gate_factor(keep: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tenso
 def zero_dropped(dst: torch.Tensor, keep: torch.Tensor) -> None:
     """Write +0.0 into the dropped (n, c) rows of an (N, C, S) view, as the kernels do."""
     dropped = ~keep
-    if dst.device.type == "cpu":  # touch only the dropped rows (no device sync on the CPU)
+    if dst.device.type != "cpu":  # no device sync: one pass over everything
+        dst.masked_fill_(dropped[:, :, None], 0)
+        return
+    # the CPU touches only the dropped rows
+    N, C, S = dst.shape
+    if dst.stride(0) == C * dst.stride(1) and dst.stride(1) == S * dst.stride(2):  # rows one after another
+        dst.view(N * C, S).index_fill_(0, dropped.reshape(-1).nonzero().squeeze(1), 0)
+    elif keep.stride(1) == 0:  # one decision per sample
+        dst.index_fill_(0, dropped[:, 0].nonzero().squeeze(1), 0)
+    else:
         n, c = dropped.nonzero(as_tuple=True)
         dst[n, c] = 0
-    else:
-        dst.masked_fill_(dropped[:, :, None], 0)
 
 
 def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, **rule) -> None:

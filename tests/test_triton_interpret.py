@@ -57,6 +57,17 @@ def test_drop_neuron(shape, layout, dtype, p):
     assert_parity(ref, out, exact=dtype == torch.float32)
 
 
+def test_drop_neuron_kernel_saves_only_the_seed():
+    """The GPU path keeps 8 bytes where the CPU fallback keeps its packed mask (``tests/test_memory.py``)."""
+    from effdrop_triton.testing import saved_for_backward
+
+    x = torch.randn(4, 8, 6, 6, requires_grad=True)
+    with ed.use_backend("triton"):
+        assert saved_for_backward(lambda t: ed.drop_neuron(t, 0.3), x)[1] == 8
+    with ed.use_backend("torch"):
+        assert saved_for_backward(lambda t: ed.drop_neuron(t, 0.3), x)[1] == (x.numel() + 7) // 8
+
+
 @pytest.mark.parametrize("shape", [(2, 3, 16, 8), (1, 5, 9, 2), (2, 4, 24)])
 def test_drop_neuron_channels_last_aligned_and_unaligned_spatial(shape):
     x = nonzero_randn(shape, torch.float32, "channels_last")

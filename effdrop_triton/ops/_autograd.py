@@ -66,8 +66,8 @@ _KERNEL_REGISTRY = getattr(torch._library.triton, "triton_ops_to_kernels", None)
 
 
 class Op:
-    """``qualname`` (schema from ``impl``'s annotations, whose last argument is ``use_triton``) with its
-    fake implementation and autograd formula. Calling it runs ``impl``: through the op when traced, else
+    """``qualname`` (schema from ``impl``'s annotations; an op that can run Triton kernels takes
+    ``use_triton`` last) with its fake implementation and autograd formula. Calling it runs ``impl``: through the op when traced, else
     directly (inside the eager ``autograd.Function`` when an input in ``grad_inputs`` requires grad).
     ``function`` is that Function when the op writes its own (else it is made from ``impl`` and the
     formula)."""
@@ -81,7 +81,8 @@ class Op:
         self.impl = impl
         self.op = torch.library.custom_op(qualname, impl, mutates_args=mutates_args)
         self.op.register_fake(fake)
-        self.op.register_torch_dispatch(FunctionalTensorMode, _decompose_on_triton(impl))
+        if list(inspect.signature(impl).parameters)[-1] == "use_triton":
+            self.op.register_torch_dispatch(FunctionalTensorMode, _decompose_on_triton(impl))
         if _KERNEL_REGISTRY is not None:  # where this torch release has it
             _KERNEL_REGISTRY[qualname] = _PACKAGE_KERNELS
         self.function = function
@@ -134,9 +135,9 @@ def _eager_function(qualname: str, impl, setup_context, backward, forward=None):
 
 
 def self_adjoint(qualname: str, impl, fake) -> Op:
-    """For ``impl(x, seed, *args)`` that multiplies ``x`` by a seed-determined mask: its gradient is
-    the same op applied to the incoming gradient (so double backward works too). Saves only the
-    0-d seed (8 bytes)."""
+    """For ``impl(x, mask, *args)`` that multiplies ``x`` by a mask its second input determines (the 0-d
+    seed, or drop-neuron's packed CPU mask): its gradient is the same op applied to the incoming
+    gradient (so double backward works too). Saves only that second input (8 bytes for a seed)."""
     nones = (None,) * (len(inspect.signature(impl).parameters) - 1)  # no gradient for seed and settings
 
     def setup_context(ctx, inputs, output):
@@ -144,20 +145,20 @@ def self_adjoint(qualname: str, impl, fake) -> Op:
         ctx.save_for_backward(inputs[1])
 
     def backward(ctx, grad):
-        (seed,) = ctx.saved_tensors
-        return (op(grad, seed, *ctx.args), *nones)
+        (mask,) = ctx.saved_tensors
+        return (op(grad, mask, *ctx.args), *nones)
 
     # the eager Function's own forward and backward: the same formula with its calls inlined (host time)
-    def eager_forward(ctx, x, seed, *args):
+    def eager_forward(ctx, x, mask, *args):
         ctx.args = args
-        ctx.save_for_backward(seed)
-        return impl(x, seed, *args)
+        ctx.save_for_backward(mask)
+        return impl(x, mask, *args)
 
     def eager_backward(ctx, grad):
-        (seed,) = ctx.saved_tensors
+        (mask,) = ctx.saved_tensors
         if torch.is_grad_enabled() or traced(grad):  # double backward, or compiled autograd
-            return (op(grad, seed, *ctx.args), *nones)
-        return (impl(grad, seed, *ctx.args), *nones)
+            return (op(grad, mask, *ctx.args), *nones)
+        return (impl(grad, mask, *ctx.args), *nones)
 
     op = Op(qualname, impl, fake, backward, setup_context,
             function=_eager_function(qualname, impl, None, eager_backward, eager_forward))
