@@ -27,13 +27,16 @@ Kept values are multiplied by the fp32 scale ``1 / (1 - p)`` (0 when ``p == 1``)
 dropped unit are written as +0.0 (never ``0 * x``, which is NaN for non-finite and -0.0 for
 negative ``x``).
 
-On the CPU the rounds run in NumPy on uint64 words (a NumPy operation costs a fraction of a
-PyTorch one, and its products of 32-bit words never overflow), elsewhere in PyTorch int64,
-whose products wrap like unsigned 64-bit ones: the low half is ``prod & MASK`` and the high
-half ``(prod >> 32) & MASK``.
+On the CPU the rounds run on Python ints with one counter per 64-bit lane (a unit table's few
+hundred counters) or in NumPy on uint64 words (a NumPy operation costs a fraction of a PyTorch
+one, and its products of 32-bit words never overflow), elsewhere in PyTorch int64, whose
+products wrap like unsigned 64-bit ones: the low half is ``prod & MASK`` and the high half
+``(prod >> 32) & MASK``.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 import torch
@@ -77,48 +80,47 @@ def seed_key(seed: torch.Tensor):
     return seed & MASK32, (seed >> 32) & MASK32
 
 
-# a round's constants, stacked as the words they act on: (c0, c2) multiplied by (A, B), keys (k0, k1)
-_ROUND_FACTOR = np.array((ROUND_A, ROUND_B), np.uint64).reshape(2, 1)
-_KEY_STEPS = np.array((KEY_A, KEY_B), np.uint64).reshape(1, 2, 1) * np.arange(N_ROUNDS, dtype=np.uint64).reshape(-1, 1, 1)
+def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS, lanes: Optional[int] = None):
+    """Philox4x32 on 32-bit words: uint64 NumPy arrays, int64 tensors or, with ``lanes``, Python ints.
 
-
-def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS):
-    """Philox4x32 on int64 tensors or uint64 NumPy arrays of the same 1-d shape, holding 32-bit words.
-
-    Returns the four output words, each in ``[0, 2**32)``. The words a round multiplies (c0, c2)
-    and the ones it passes on (c1, c3) are stacked, so a round is five array operations (six in
-    int64, whose right shift is arithmetic) whatever the number of counters.
+    Returns the four output words, each in ``[0, 2**32)``. With ``lanes`` (an int with a 1 in each of
+    its 64-bit lanes) every word is a Python int holding one counter's word per lane: a product of two
+    32-bit words fits its lane, so each operation serves every counter at once, at a fraction of an
+    array operation's fixed cost (a few hundred counters: a unit table).
     """
-    numpy = isinstance(c0, np.ndarray)
-    even, odd = (np.stack((c0, c2)), np.stack((c1, c3))) if numpy else (torch.stack((c0, c2)), torch.stack((c1, c3)))
-    if numpy:
-        xp, factor, reverse = np, _ROUND_FACTOR, (lambda a: a[::-1])
-        keys = (np.array((k0, k1), np.uint64).reshape(2, 1) + _KEY_STEPS[:n_rounds]) & MASK32
-    else:
-        xp, reverse = torch, (lambda a: a.flip(0))
-        factor = torch.from_numpy(_ROUND_FACTOR.astype(np.int64)).to(c0.device)
-        key = torch.stack([torch.as_tensor(k, dtype=torch.int64, device=c0.device) for k in (k0, k1)]).view(2, 1)
-        keys = (key + torch.from_numpy(_KEY_STEPS[:n_rounds].astype(np.int64)).to(c0.device)) & MASK32
-    prod, high = xp.empty_like(even), xp.empty_like(even)
-    for key in keys:
-        xp.multiply(even, factor, out=prod)  # (A * c0, B * c2)
-        xp.bitwise_right_shift(prod, 32, out=high)
-        if not numpy:
-            high &= MASK32
-        # new (c0, c2) = (hi(B * c2) ^ c1 ^ k0, hi(A * c0) ^ c3 ^ k1)
-        xp.bitwise_xor(reverse(high), odd, out=even)
-        even ^= key
-        # new (c1, c3) = (lo(B * c2), lo(A * c0))
-        xp.bitwise_and(reverse(prod), MASK32, out=odd)
-    return even[0], odd[0], even[1], odd[1]
+    low, k_lanes = (MASK32, 1) if lanes is None else (lanes * MASK32, lanes)
+    for _ in range(n_rounds):
+        prod0, prod1 = c0 * ROUND_A, c2 * ROUND_B
+        c0, c1, c2, c3 = (((prod1 >> 32) & low) ^ c1 ^ (k0 * k_lanes), prod1 & low,
+                          ((prod0 >> 32) & low) ^ c3 ^ (k1 * k_lanes), prod0 & low)
+        k0, k1 = (k0 + KEY_A) & MASK32, (k1 + KEY_B) & MASK32
+    return c0, c1, c2, c3
+
+
+# Up to this many counters, Philox runs on Python ints with 64-bit lanes (see philox4x32).
+_LANES_MAX_CALLS = 256
+
+
+def _to_lanes(words: np.ndarray) -> int:
+    return int.from_bytes(words.tobytes(), "little")
+
+
+def _from_lanes(value: int, n: int) -> np.ndarray:
+    return np.frombuffer(value.to_bytes(8 * n, "little"), np.uint64)
 
 
 def _words(counter, seed: torch.Tensor, level: int):
-    """The four output words for int64 ``counter`` indices (a NumPy array on the CPU, else a tensor), as
+    """The four output words for int64 ``counter`` indices (a 1-d NumPy array on the CPU, else a tensor), as
     uint64 arrays or int64 tensors."""
     k0, k1 = seed_key(seed)
     if isinstance(counter, np.ndarray):
         counter = counter.astype(np.uint64)  # the same bits: the counter's words
+        n = counter.size
+        if n <= _LANES_MAX_CALLS:
+            lanes = _to_lanes(np.ones(n, np.uint64))
+            words = philox4x32(_to_lanes(counter & MASK32), _to_lanes(counter >> 32), int(level) * lanes, 0, k0, k1,
+                               lanes=lanes)
+            return tuple(_from_lanes(w, n) for w in words)
         zero = np.zeros_like(counter)
         return philox4x32(counter & MASK32, counter >> 32, zero + int(level), zero, k0, k1)
     zero = torch.zeros_like(counter)
@@ -236,21 +238,19 @@ def gate_factor(keep: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tenso
     return keep.to(compute_dtype).mul_(keep_scale(p))
 
 
+def host_bits(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's memory as a NumPy array of same-size integers (its strides kept; any float dtype,
+    bf16 too): NumPy's indexed assignment writes rows at memset speed, several times PyTorch's."""
+    return t.view(_INT_OF_SIZE[t.element_size()]).numpy()
+
+
 def zero_dropped(dst: torch.Tensor, keep: torch.Tensor) -> None:
     """Write +0.0 into the dropped (n, c) rows of an (N, C, S) view, as the kernels do."""
-    dropped = ~keep
     if dst.device.type != "cpu":  # no device sync: one pass over everything
-        dst.masked_fill_(dropped[:, :, None], 0)
+        dst.masked_fill_(~keep[:, :, None], 0)
         return
-    # the CPU touches only the dropped rows
-    N, C, S = dst.shape
-    if dst.stride(0) == C * dst.stride(1) and dst.stride(1) == S * dst.stride(2):  # rows one after another
-        dst.view(N * C, S).index_fill_(0, dropped.reshape(-1).nonzero().squeeze(1), 0)
-    elif keep.stride(1) == 0:  # one decision per sample
-        dst.index_fill_(0, dropped[:, 0].nonzero().squeeze(1), 0)
-    else:
-        n, c = dropped.nonzero(as_tuple=True)
-        dst[n, c] = 0
+    n, c = np.nonzero(~keep.numpy())  # the CPU touches only the dropped rows
+    host_bits(dst)[n, c] = 0
 
 
 def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, **rule) -> None:

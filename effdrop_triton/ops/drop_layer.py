@@ -3,6 +3,7 @@ and the per-sample gate of its branch gradient (``layer_gate``, its own derivati
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -10,7 +11,7 @@ from .._checks import Seed, check_float_tensor, check_mode, check_p, check_seed,
 from .._layout import empty_dense_like, is_channels_last, is_sample_dense, per_sample_rows, to_dense_layout
 from ..backend import triton_kernels, use_triton
 from ..levels import DropLevel
-from ..masks import gate_factor, unit_gate_torch, unit_keep_table
+from ..masks import gate_factor, host_bits, unit_gate_torch, unit_keep_table
 from ._autograd import Op, self_adjoint
 
 kernels = triton_kernels("drop_layer")
@@ -40,8 +41,8 @@ def drop_layer_torch(branch: Tensor, shortcut: Tensor, out: Tensor, seed: Tensor
         out.copy_(torch.addcmul(shortcut.to(factor.dtype), branch, factor))
     dropped = ~keep.view(N)
     if out.device.type == "cpu":  # copy only the dropped samples (no device sync on the CPU)
-        index = dropped.nonzero().squeeze(1)
-        out[index] = shortcut[index]
+        index = np.flatnonzero(dropped.numpy())
+        host_bits(out)[index] = host_bits(shortcut)[index]
     else:
         torch.where(dropped.view(factor.shape), shortcut, out, out=out)
 

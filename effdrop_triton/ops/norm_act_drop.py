@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -27,7 +28,7 @@ from .._checks import Seed, check_float_tensor, check_p, check_seed, resolve_see
 from .._layout import empty_dense_like, is_channels_minor
 from ..backend import triton_kernels, use_triton
 from ..levels import INNER_LEVELS, DropLevel
-from ..masks import gate_factor, unit_keep_table
+from ..masks import unit_keep_table
 from ._autograd import Op, traced
 from .norm_stats import compute_dtype, norm_stats_op
 
@@ -36,25 +37,51 @@ kernels = triton_kernels("norm_act_drop")
 
 class Tables:
     """The fallback's per-channel ``(1, C)`` (BatchNorm) or per-(sample, channel) ``(N, C)`` (GroupNorm)
-    constants from the ``(2, R, G)`` statistics, with the kernels' operations (``rsqrt``, which on the
-    CPU is the correctly rounded ``1 / sqrt`` the kernels compute; ``shift = bias - mean * scale``)."""
+    constants from the ``(2, R, G)`` statistics, with the kernels' operations (``invstd = 1 / sqrt(var +
+    eps)``, each correctly rounded; ``shift = bias - mean * scale``). On the CPU they are computed in NumPy:
+    a dozen operations on C numbers cost less there than the dispatch of one PyTorch operation.
+    ``host`` holds the NumPy arrays (CPU only); the attributes are tensors (views of them on the CPU)."""
 
     def __init__(self, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor, num_groups: int,
                  eps: float):
         C = x.shape[1]
         cd = compute_dtype(x.dtype)
-        stats = stats.to(cd)
-        self.group_mean, self.group_invstd = stats[0], (stats[1] + eps).rsqrt_()  # (R, G)
+        on_cpu = x.device.type == "cpu"
+        xp = np if on_cpu else torch
+
+        def values(t):
+            t = t.detach() if t.dtype == cd else t.detach().to(cd)
+            return t.numpy() if on_cpu else t
+
+        group_mean, group_var = values(stats[0]), values(stats[1])  # (R, G)
+        group_invstd = 1 / xp.sqrt(group_var + eps)
+        mean, invstd = group_mean, group_invstd
         if num_groups:  # (N, G) -> (N, C)
-            self.invstd = self.group_invstd.repeat_interleave(C // num_groups, dim=1)
-            self.mean = self.group_mean.repeat_interleave(C // num_groups, dim=1)
-        else:
-            self.invstd, self.mean = self.group_invstd, self.group_mean
-        self.weight = None if weight is None else weight.to(cd).view(1, C)
-        self.scale = self.invstd if weight is None else self.weight * self.invstd
-        self.shift = -(self.mean * self.scale)
-        if bias is not None:
-            self.shift = bias.to(cd).view(1, C) + self.shift
+            repeat = (lambda a: np.repeat(a, C // num_groups, axis=1)) if on_cpu else (
+                lambda a: a.repeat_interleave(C // num_groups, dim=1))
+            mean, invstd = repeat(group_mean), repeat(group_invstd)
+        w = None if weight is None else values(weight).reshape(1, C)
+        scale = invstd if w is None else w * invstd
+        shift = -(mean * scale) if bias is None else values(bias).reshape(1, C) - mean * scale
+        self.host = dict(scale=scale, shift=shift) if on_cpu else None
+        tensor = torch.from_numpy if on_cpu else (lambda a: a)
+        self.group_mean, self.group_invstd = tensor(group_mean), tensor(group_invstd)
+        self.mean, self.invstd = tensor(mean), tensor(invstd)
+        self.weight = None if w is None else tensor(w)
+        self.scale, self.shift = tensor(scale), tensor(shift)
+
+
+class Folded(NamedTuple):
+    """A call's dropout folded into the affine: ``z' = x * scale + shift`` (both broadcastable to ``x``) is
+    the dropped, ``1 / (1 - p)``-scaled affine output, and ``factor`` that scale. Drop-channel's dropped
+    (sample, channel) rows have ``scale = shift = +0``; drop-neuron's mask is ``bits`` (packed, CPU) or
+    ``dropped`` (a boolean tensor, elsewhere), drawn once per call."""
+    scale: Tensor
+    shift: Tensor
+    factor: float
+    keep: Optional[Tensor] = None  # drop-channel's (N, C, 1...) keep table
+    bits: Optional[Tensor] = None
+    dropped: Optional[Tensor] = None
 
 
 def channel_keep(x: Tensor, seed: Tensor, p: float) -> Tensor:
@@ -64,20 +91,30 @@ def channel_keep(x: Tensor, seed: Tensor, p: float) -> Tensor:
                            device=x.device)
 
 
-def folded_affine(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, level: Optional[int]):
-    """``(scale', shift')`` broadcastable to ``x``: the affine with dropout's scale folded in
-    (+0 for dropped channels). The Triton kernels fold with the same fp32 products."""
-    scale, shift = tables.scale, tables.shift
-    if level == DropLevel.CHANNEL:
-        keep = channel_keep(x, seed, p)
-        factor = masks.keep_scale(p)
-        scale = torch.where(keep, scale * factor, 0.0)
-        shift = torch.where(keep, shift * factor, 0.0)
-    elif level == DropLevel.NEURON:
+def fold(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, level: Optional[int]) -> Folded:
+    """The call's :class:`Folded` affine and mask (in NumPy on the CPU, as :class:`Tables`). The Triton
+    kernels fold with the same fp32 products."""
+    on_cpu = tables.host is not None
+    scale, shift = (tables.host["scale"], tables.host["shift"]) if on_cpu else (tables.scale, tables.shift)
+    factor, keep, bits, dropped = 1.0, None, None, None
+    trailing = (1,) * (x.dim() - 2)
+    if level is not None:
         factor = masks.keep_scale(p)
         scale, shift = scale * factor, shift * factor
-    trailing = (1,) * (x.dim() - 2)
-    return scale.view(*scale.shape, *trailing), shift.view(*shift.shape, *trailing)
+    if level == DropLevel.CHANNEL:
+        keep = channel_keep(x, seed, p)
+        where = np.where if on_cpu else torch.where
+        keep_values = keep.numpy() if on_cpu else keep
+        scale, shift = where(keep_values, scale, 0.0), where(keep_values, shift, 0.0)
+        keep = keep.view(*keep.shape, *trailing)
+    elif level == DropLevel.NEURON:
+        if on_cpu:
+            bits = masks.neuron_keep_bits(x.numel(), seed, p)
+        else:
+            dropped = masks.neuron_dropped(x, seed, p)
+    if on_cpu:
+        scale, shift = torch.from_numpy(scale), torch.from_numpy(shift)
+    return Folded(scale.view(*scale.shape, *trailing), shift.view(*shift.shape, *trailing), factor, keep, bits, dropped)
 
 
 def _upcast(x: Tensor) -> Tensor:
@@ -85,53 +122,74 @@ def _upcast(x: Tensor) -> Tensor:
     return x if x.dtype == cd else x.to(cd)
 
 
-def norm_act_drop_torch(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, act: bool,
-                        level: Optional[int]) -> Tensor:
-    """Fallback forward: ``relu(x * scale' + shift')`` then the neuron mask, in place on one fp32 buffer."""
-    scale, shift = folded_affine(x, tables, seed, p, level)
-    z = torch.mul(_upcast(x), scale)
-    z.add_(shift)
+def _drop_neurons(z: Tensor, folded: Folded) -> Tensor:
+    if folded.bits is not None:
+        masks.zero_dropped_elements(z, folded.bits)
+        return z
+    return z.masked_fill_(folded.dropped, 0) if folded.dropped is not None else z
+
+
+def affine(x: Tensor, folded: Folded) -> Tensor:
+    """``z' = x * scale' + shift'`` in the compute dtype, rounded twice as the kernels do (``addcmul``
+    would fuse the multiply-add, as PyTorch's BatchNorm transform does)."""
+    return torch.mul(_upcast(x), folded.scale).add_(folded.shift)
+
+
+def affine_act_drop_torch(x: Tensor, folded: Folded, act: bool) -> Tensor:
+    """``relu(z')`` then the neuron mask, in place on one buffer in the compute dtype."""
+    z = affine(x, folded)
     if act:
         z.relu_()
-    if level == DropLevel.NEURON:
-        z.masked_fill_(masks.neuron_dropped(x, seed, p), 0)
+    return _drop_neurons(z, folded)
+
+
+def norm_act_drop_torch(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, act: bool,
+                        level: Optional[int]) -> Tensor:
+    """Fallback forward, in ``x``'s dtype."""
+    z = affine_act_drop_torch(x, fold(x, tables, seed, p, level), act)
     return z if z.dtype == x.dtype else z.to(x.dtype)
 
 
-def norm_act_drop_backward_torch(grad: Tensor, x: Tensor, tables: Tables, seed: Optional[Tensor], num_groups: int,
-                                 batch_stats: bool, eps: float, act: bool, level: Optional[int], p: float):
-    """Fallback backward: the gradient at the affine output (masks recomputed from ``x`` and the seed),
-    then PyTorch's native BatchNorm / GroupNorm backward on it. Returns ``(dx, dparams)``, dparams the
-    (2, C) weight and bias gradients."""
+def norm_act_drop_backward_torch(grad: Tensor, x: Tensor, tables: Tables, folded: Folded, num_groups: int,
+                                 batch_stats: bool, eps: float, act: bool, activated: Optional[Tensor] = None):
+    """Fallback backward: the gradient at the normalized output, then PyTorch's native BatchNorm / GroupNorm
+    backward on it. Returns ``(dx, dparams)``, dparams the (2, C) weight and bias gradients.
+
+    The dropout scale is uniform, so it folds into the weight the native backward multiplies by (and
+    into the parameter gradients), and where there is a ReLU the dropped units need no pass of their
+    own: their ``z'`` is +0, not positive. ``activated``: the forward's output in the compute dtype (with
+    ``act``: positive exactly where the gradient passes), when the caller has it; else ``z'`` is recomputed
+    (two passes) and the neuron mask applied."""
     N, C = x.shape[0], x.shape[1]
     x32 = _upcast(x)
     dz = _upcast(grad)
-    if level == DropLevel.CHANNEL:
-        gate = gate_factor(channel_keep(x, seed, p), p, x32.dtype)
-        dz = dz * gate.view(N, C, *(1,) * (x.dim() - 2))
-    elif level == DropLevel.NEURON:
-        dz = (dz * masks.keep_scale(p)).masked_fill_(masks.neuron_dropped(x, seed, p), 0)
-    if act:  # the ReLU mask: the recomputed (dropout-scaled) affine output is positive
-        scale, shift = folded_affine(x, tables, seed, p, level)
-        z = torch.mul(x32, scale).add_(shift)
-        dz = torch.ops.aten.threshold_backward(dz, z, 0)
-        del z
+    if act:
+        dz = torch.ops.aten.threshold_backward(dz, affine(x32, folded) if activated is None else activated, 0)
+    elif folded.keep is not None:  # drop-channel without a ReLU: gate the dropped rows
+        dz = dz * folded.keep
+    if (folded.bits is not None or folded.dropped is not None) and not (act and activated is not None):
+        dz = _drop_neurons(dz if dz is not grad else dz.clone(), folded)
+    factor = folded.factor
     weight = tables.weight.view(C) if tables.weight is not None else None
+    scaled_weight = (weight if weight is not None else x32.new_ones(C)) * factor if factor != 1.0 else weight
     mask = [True, True, True]
     trailing = (1,) * (x.dim() - 2)
     if num_groups:
         S = x.numel() // (N * C)
         dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
-            dz, x32, tables.group_mean, tables.group_invstd, weight, N, C, S, num_groups, mask)
+            dz, x32, tables.group_mean, tables.group_invstd, scaled_weight, N, C, S, num_groups, mask)
     elif batch_stats:
         dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
-            dz, x32, weight, None, None, tables.mean.view(C), tables.invstd.view(C), True, eps, mask)
+            dz, x32, scaled_weight, None, None, tables.mean.view(C), tables.invstd.view(C), True, eps, mask)
     else:  # running statistics are constants: dx = weight * invstd * dz
-        dx, dweight, dbias = dz * tables.scale.view(1, C, *trailing), None, dz.sum([0, *range(2, x.dim())])
+        dx, dweight, dbias = dz * (tables.scale.view(1, C, *trailing) * factor), None, dz.sum([0, *range(2, x.dim())])
     if dweight is None:  # the sum of dz * xhat, where the native kernel skipped it
         xhat = (x32 - tables.mean.view(*tables.mean.shape, *trailing)) * tables.invstd.view(*tables.invstd.shape, *trailing)
         dweight = (dz * xhat).sum([0, *range(2, x.dim())])
-    return dx, torch.stack((dweight, dbias))
+    dparams = torch.stack((dweight, dbias))
+    if is_channels_minor(x) != is_channels_minor(dx) or dx.dtype != x.dtype:
+        dx = empty_dense_like(x).copy_(dx)
+    return dx, dparams.mul_(factor) if factor != 1.0 else dparams
 
 
 def _norm_act_drop(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor, seed: Optional[Tensor],
@@ -160,12 +218,8 @@ def _norm_act_drop_backward(grad: Tensor, x: Tensor, weight: Optional[Tensor], b
     if use_triton:
         return kernels.norm_act_drop_bwd_triton(grad, x, weight, bias, stats, seed, num_groups, eps, p, act, level, coupled)
     tables = Tables(x, weight, bias, stats, num_groups, eps)
-    dx, dparams = norm_act_drop_backward_torch(grad, x, tables, seed, num_groups, batch_stats, eps, act, level, p)
-    if is_channels_minor(x) != is_channels_minor(dx) or dx.dtype != x.dtype:
-        out = empty_dense_like(x)
-        out.copy_(dx)
-        dx = out
-    return dx, dparams
+    return norm_act_drop_backward_torch(grad, x, tables, fold(x, tables, seed, p, level), num_groups, batch_stats, eps,
+                                        act)
 
 
 def _backward_fake(grad, x, weight, bias, stats, seed, num_groups, eps, act, level, p, batch_stats, use_triton):

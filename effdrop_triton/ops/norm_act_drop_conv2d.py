@@ -18,9 +18,9 @@ from torch import Tensor
 
 from .._checks import Seed, check_float_tensor
 from .._layout import empty_dense_like
-from ._autograd import Op
-from .norm_act_drop import (_norm_act_drop_args, fused_norm_act_drop, norm_act_drop_backward_op, norm_act_drop_op,
-                            param_grads)
+from ._autograd import Op, traced
+from .norm_act_drop import (Tables, _norm_act_drop_args, affine_act_drop_torch, fold, fused_norm_act_drop,
+                            norm_act_drop_backward_op, norm_act_drop_backward_torch, norm_act_drop_op, param_grads)
 
 
 def _norm_act_drop_conv2d(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor,
@@ -52,12 +52,24 @@ def _setup(ctx, inputs, output):
 
 def _backward(ctx, grad_out):
     x, weight, bias, stats, seed, conv_weight = ctx.saved_tensors
-    stride, padding, dilation, groups = ctx.conv_args
-    # the rebuild goes through the custom op, so that a compiled backward treats it as opaque
-    # (tracing the Python fallback would read the seed as a data-dependent integer)
-    y = norm_act_drop_op(x, weight, bias, stats, seed, *ctx.norm_args) if x.numel() else empty_dense_like(x)
+    num_groups, eps, act, level, p, batch_stats, use_triton = ctx.norm_args
+    eager_fallback = not use_triton and x.numel() and not traced(grad_out)
+    activated = None
+    if eager_fallback:  # the constants and the mask once for both passes; the rebuilt output gives the ReLU mask
+        tables = Tables(x, weight, bias, stats, num_groups, eps)
+        folded = fold(x, tables, seed, p, level)
+        y = activated = affine_act_drop_torch(x, folded, act)
+        if y.dtype != x.dtype:
+            y = y.to(x.dtype)
+    else:
+        # the rebuild goes through the custom op, so that a compiled backward treats it as opaque
+        # (tracing the Python fallback would read the seed as a data-dependent integer)
+        y = norm_act_drop_op(x, weight, bias, stats, seed, *ctx.norm_args) if x.numel() else empty_dense_like(x)
     if y.dtype != conv_weight.dtype:
         y = y.to(conv_weight.dtype)
+    if activated is not None and (activated.dtype != y.dtype or not act):
+        activated = None  # the cast copy is the convolution's: recompute the ReLU mask rather than keep both
+    stride, padding, dilation, groups = ctx.conv_args
     bias_sizes = [conv_weight.shape[0]] if ctx.has_conv_bias else None
     grad_y, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
         grad_out, y, conv_weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups,
@@ -65,7 +77,11 @@ def _backward(ctx, grad_out):
     del y
     if grad_y.dtype != x.dtype:
         grad_y = grad_y.to(x.dtype)
-    dx, dparams = norm_act_drop_backward_op(grad_y, x, weight, bias, stats, seed, *ctx.norm_args)
+    if eager_fallback:
+        dx, dparams = norm_act_drop_backward_torch(grad_y, x, tables, folded, num_groups, batch_stats, eps, act,
+                                                   activated)
+    else:
+        dx, dparams = norm_act_drop_backward_op(grad_y, x, weight, bias, stats, seed, *ctx.norm_args)
     return (dx, *param_grads(dparams, weight, bias), None, None, grad_conv_weight, grad_conv_bias) + (None,) * 11
 
 

@@ -86,6 +86,13 @@ def _norm_stats(x: Tensor, running_mean: Optional[Tensor], running_var: Optional
         return x.new_full(stats_shape(x, num_groups), math.nan, dtype=compute_dtype(x.dtype))
     if use_triton:
         return kernels.norm_stats_triton(x, num_groups, running_mean, running_var, num_batches_tracked, momentum)
+    if (not num_groups and running_mean is not None and num_batches_tracked is None
+            and running_mean.dtype == running_var.dtype == compute_dtype(x.dtype)):
+        # the native statistics update the running ones themselves, as F.batch_norm's do
+        xc = x.detach() if x.dtype == running_mean.dtype else x.detach().to(running_mean.dtype)
+        with torch.no_grad():
+            mean, var = torch.batch_norm_update_stats(xc, running_mean, running_var, momentum)
+        return torch.stack((mean, var)).view(2, 1, x.shape[1])
     stats = norm_stats_torch(x, num_groups)
     if running_mean is not None:
         with torch.no_grad():
