@@ -54,7 +54,7 @@ NEURON_BITS = 16
 UNIT_BITS = 32
 
 # Philox calls per chunk of the neuron mask: keeps the round's work buffers in the L2 cache.
-_NEURON_CHUNK_CALLS = 1 << 15
+_NEURON_CHUNK_CALLS = 1 << 14
 
 
 def neuron_threshold(p: float) -> int:
@@ -88,6 +88,8 @@ def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS, lanes: Optional
     32-bit words fits its lane, so each operation serves every counter at once, at a fraction of an
     array operation's fixed cost (a few hundred counters: a unit table).
     """
+    if isinstance(c0, np.ndarray):
+        return _philox4x32_numpy(c0, c1, c2, c3, k0, k1, n_rounds)
     low, k_lanes = (MASK32, 1) if lanes is None else (lanes * MASK32, lanes)
     for _ in range(n_rounds):
         prod0, prod1 = c0 * ROUND_A, c2 * ROUND_B
@@ -95,6 +97,28 @@ def philox4x32(c0, c1, c2, c3, k0, k1, n_rounds: int = N_ROUNDS, lanes: Optional
                           ((prod0 >> 32) & low) ^ c3 ^ (k1 * k_lanes), prod0 & low)
         k0, k1 = (k0 + KEY_A) & MASK32, (k1 + KEY_B) & MASK32
     return c0, c1, c2, c3
+
+
+# a round's constants for stacked word pairs: (c0, c2) times (A, B); the keys (k0, k1) of every round
+_ROUND_FACTOR = np.array((ROUND_A, ROUND_B), np.uint64).reshape(2, 1)
+_KEY_STEPS = np.arange(N_ROUNDS, dtype=np.uint64).reshape(-1, 1, 1) * np.array((KEY_A, KEY_B), np.uint64).reshape(2, 1)
+
+
+def _philox4x32_numpy(c0, c1, c2, c3, k0, k1, n_rounds: int):
+    """The same rounds on NumPy arrays, in place: the words a round multiplies (c0, c2) and the ones it passes
+    on (c1, c3) are stacked, so a round is five array operations into fixed buffers (no temporaries)."""
+    even, odd = np.stack((c0, c2)), np.stack((c1, c3))
+    keys = (np.array((k0, k1), np.uint64).reshape(2, 1) + _KEY_STEPS[:n_rounds]) & MASK32
+    prod, high = np.empty_like(even), np.empty_like(even)
+    for key in keys:
+        np.multiply(even, _ROUND_FACTOR, out=prod)  # (A * c0, B * c2)
+        np.right_shift(prod, 32, out=high)
+        # new (c0, c2) = (hi(B * c2) ^ c1 ^ k0, hi(A * c0) ^ c3 ^ k1)
+        np.bitwise_xor(high[::-1], odd, out=even)
+        even ^= key
+        # new (c1, c3) = (lo(B * c2), lo(A * c0))
+        np.bitwise_and(prod[::-1], MASK32, out=odd)
+    return even[0], odd[0], even[1], odd[1]
 
 
 # Up to this many counters, Philox runs on Python ints with 64-bit lanes (see philox4x32).
@@ -109,9 +133,9 @@ def _from_lanes(value: int, n: int) -> np.ndarray:
     return np.frombuffer(value.to_bytes(8 * n, "little"), np.uint64)
 
 
-def _words(counter, seed: torch.Tensor, level: int):
-    """The four output words for int64 ``counter`` indices (a 1-d NumPy array on the CPU, else a tensor), as
-    uint64 arrays or int64 tensors."""
+def _words(counter, seed: torch.Tensor, level: int, n_words: int = 4):
+    """The first ``n_words`` output words for int64 ``counter`` indices (a 1-d NumPy array on the CPU, else a
+    tensor), as uint64 arrays or int64 tensors."""
     k0, k1 = seed_key(seed)
     if isinstance(counter, np.ndarray):
         counter = counter.astype(np.uint64)  # the same bits: the counter's words
@@ -120,7 +144,7 @@ def _words(counter, seed: torch.Tensor, level: int):
             lanes = _to_lanes(np.ones(n, np.uint64))
             words = philox4x32(_to_lanes(counter & MASK32), _to_lanes(counter >> 32), int(level) * lanes, 0, k0, k1,
                                lanes=lanes)
-            return tuple(_from_lanes(w, n) for w in words)
+            return tuple(_from_lanes(w, n) for w in words[:n_words])
         zero = np.zeros_like(counter)
         return philox4x32(counter & MASK32, counter >> 32, zero + int(level), zero, k0, k1)
     zero = torch.zeros_like(counter)
@@ -138,7 +162,7 @@ def philox_words(counter: torch.Tensor, seed: torch.Tensor, level: int):
 def unit_keep(units: torch.Tensor, seed: torch.Tensor, level: int, p: float) -> torch.Tensor:
     """Boolean keep decision for each int64 unit index in ``units``."""
     if units.device.type == "cpu":
-        word0 = _words(units.reshape(-1).numpy(), seed, level)[0]
+        word0 = _words(units.reshape(-1).numpy(), seed, level, n_words=1)[0]
         return torch.from_numpy(word0 < unit_threshold(p)).view(units.shape)
     return philox_words(units, seed, level)[0] < unit_threshold(p)
 
@@ -215,7 +239,7 @@ def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, level: int,
     unit of (n, c) is ``n * units_per_sample`` (per-sample mode only) ``+ unit_base + c // channels_per_unit``.
 
     One Philox call per distinct unit; channels of one unit share its decision. On the CPU the whole
-    table is one NumPy pass (a few dozen operations on a few units).
+    table is one vectorized pass (``philox4x32`` on lanes of Python ints, or NumPy for many units).
     """
     device = seed.device if device is None else torch.device(device)
     xp = np if device.type == "cpu" else torch
@@ -223,7 +247,7 @@ def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, level: int,
     if per_sample:
         units = xp.arange(N)[:, None] * units_per_sample + units
     if xp is np:
-        keep = torch.from_numpy(_words(units.reshape(-1), seed, level)[0] < unit_threshold(p))
+        keep = torch.from_numpy(_words(units.reshape(-1), seed, level, n_words=1)[0] < unit_threshold(p))
     else:
         keep = unit_keep(units.to(device), seed.to(device), level, p)
     keep = keep.view(-1 if per_sample else 1, units.shape[-1])
@@ -234,6 +258,9 @@ def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, level: int,
 
 def gate_factor(keep: torch.Tensor, p: float, dtype: torch.dtype) -> torch.Tensor:
     """Per-unit multiplier ``keep / (1 - p)`` in the compute dtype (fp32, fp64 for fp64)."""
+    if keep.device.type == "cpu":  # NumPy: the dispatch of two small PyTorch operations costs more
+        kind = np.float64 if dtype == torch.float64 else np.float32
+        return torch.from_numpy(np.where(keep.numpy(), kind(keep_scale(p)), kind(0)))
     compute_dtype = torch.float64 if dtype == torch.float64 else torch.float32
     return keep.to(compute_dtype).mul_(keep_scale(p))
 
@@ -249,8 +276,13 @@ def zero_dropped(dst: torch.Tensor, keep: torch.Tensor) -> None:
     if dst.device.type != "cpu":  # no device sync: one pass over everything
         dst.masked_fill_(~keep[:, :, None], 0)
         return
-    n, c = np.nonzero(~keep.numpy())  # the CPU touches only the dropped rows
-    host_bits(dst)[n, c] = 0
+    # the CPU touches only the dropped rows, as whole rows where they follow one another in memory
+    dropped = ~keep.numpy()
+    N, C, S = dst.shape
+    if dst.stride(0) == C * dst.stride(1) and dst.stride(1) == S * dst.stride(2):
+        host_bits(dst).reshape(N * C, S)[np.flatnonzero(dropped)] = 0
+    else:
+        host_bits(dst)[np.nonzero(dropped)] = 0
 
 
 def unit_gate_torch(src: torch.Tensor, dst: torch.Tensor, seed: torch.Tensor, p: float, **rule) -> None:

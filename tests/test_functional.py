@@ -7,6 +7,7 @@ import torchvision
 from scipy.stats import binomtest, fisher_exact
 
 import effdrop_triton as ed
+from effdrop_triton import masks
 from conftest import nonzero_randn, scale_of
 
 pytestmark = pytest.mark.usefixtures("torch_backend")
@@ -279,9 +280,27 @@ def _special_values(shape):
     return x
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dropped_neurons_are_positive_zeros(layout, dtype):
+    """The CPU fallback and-s the dropped elements' bits with zero (``masks.zero_dropped_elements``)."""
+    x = _special_values((4, 6, 3, 5)).to(dtype)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    y = ed.drop_neuron(x, 0.5, seed=8)
+    keep = masks.neuron_keep(x.numel(), torch.tensor(8), 0.5).view(x.shape)
+    int_type = torch.int16 if dtype == torch.bfloat16 else torch.int32
+    assert y.is_contiguous(memory_format=torch.channels_last) == (layout == "channels_last")
+    assert torch.equal(y.view(int_type)[~keep], torch.zeros_like(y.view(int_type)[~keep]))
+    torch.testing.assert_close(y[keep], (x * scale_of(0.5))[keep], equal_nan=True, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("op", ["channel", "path", "path_list"])
-def test_dropped_units_are_positive_zeros(op):
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_dropped_units_are_positive_zeros(op, layout):
     x = _special_values((6, 8, 3, 3))
+    if layout == "channels_last":  # the dropped rows are strided: the fallback's other zeroing path
+        x = x.to(memory_format=torch.channels_last)
     if op == "channel":
         y, units = ed.drop_channel(x, 0.5, seed=2), (6, 8)
     elif op == "path":

@@ -43,6 +43,19 @@ def test_torch_philox_matches_known_answers(counter, key, expected):
     assert tuple(int(w) for w in out) == expected
 
 
+@pytest.mark.parametrize("counter,key,expected", KAT)
+def test_numpy_and_lane_philox_match_known_answers(counter, key, expected):
+    """The CPU's two forms: NumPy arrays (in place, stacked pairs) and Python ints with 64-bit lanes, here
+    three lanes (the vector repeated) so that a carry across lanes would show."""
+    import numpy as np
+
+    words = [np.full(3, c, dtype=np.uint64) for c in counter]
+    assert [w.tolist() for w in masks.philox4x32(*words, *key)] == [[e] * 3 for e in expected]
+    lanes = masks._to_lanes(np.ones(3, np.uint64))
+    out = masks.philox4x32(*(c * lanes for c in counter), *key, lanes=lanes)
+    assert [masks._from_lanes(w, 3).tolist() for w in out] == [[e] * 3 for e in expected]
+
+
 @pytest.mark.parametrize("seed", [0, 1, 2**32 + 7, 2**63 - 1])
 def test_philox_words_counter_layout(seed):
     counters = [0, 1, 12345, 2**32 - 1, 2**32, 2**40 + 3, 2**62 + 11]
@@ -73,13 +86,36 @@ def test_neuron_keep_is_chunk_independent(monkeypatch):
     assert torch.equal(masks.neuron_keep(8 * 1000 + 3, seed, 0.5), whole)
 
 
-def test_unit_keep_rule():
+@pytest.mark.parametrize("n_units", [50, masks._LANES_MAX_CALLS + 1])  # Python-int lanes / NumPy
+def test_unit_keep_rule(n_units):
     seed = 2**40 + 17
-    units = torch.arange(50)
+    units = torch.arange(n_units)
     keep = masks.unit_keep(units, torch.tensor(seed), DropLevel.LAYER, 0.3)
     threshold = round(0.7 * 2**32)
-    expected = [philox_reference((u, 0, DropLevel.LAYER, 0), (seed & M32, seed >> 32))[0] < threshold for u in range(50)]
+    expected = [philox_reference((u, 0, DropLevel.LAYER, 0), (seed & M32, seed >> 32))[0] < threshold
+                for u in range(n_units)]
     assert keep.tolist() == expected
+
+
+def test_unit_keep_table_matches_unit_keep_on_both_paths():
+    """The table's unit arithmetic (per sample, base, channels per unit), against unit_keep on the same units."""
+    seed = torch.tensor(123)
+    for N, C in [(3, 10), (9, 40)]:  # 30 and 360 units: lanes / NumPy
+        table = masks.unit_keep_table(N, C, seed, 0.4, level=DropLevel.PATH, per_sample=True, units_per_sample=7,
+                                      unit_base=2, channels_per_unit=2)
+        units = torch.arange(N)[:, None] * 7 + 2 + torch.arange(C)[None] // 2
+        assert torch.equal(table, masks.unit_keep(units, seed, DropLevel.PATH, 0.4))
+
+
+def test_packed_neuron_bits_are_the_keep_mask():
+    seed = torch.tensor(77)
+    numel = 8 * 300 + 5
+    bits = masks.neuron_keep_bits(numel, seed, 0.3)
+    assert bits.dtype == torch.uint8 and bits.numel() == (numel + 7) // 8
+    keep = masks.neuron_keep(numel, seed, 0.3)
+    unpacked = (bits[:, None] >> torch.arange(8, dtype=torch.uint8)) & 1  # bit j of byte g: element 8g + j
+    assert torch.equal(unpacked.view(-1)[:numel].bool(), keep)
+    assert torch.equal(masks.dropped_from_bits(bits, numel), ~keep)
 
 
 def test_levels_are_the_documented_streams():

@@ -39,6 +39,7 @@ def test_cpu_drop_neuron_keeps_one_bit_per_element(shape):
     assert torch.equal(x.grad != 0, expected) and torch.equal(out != 0, expected & (x != 0))
 
 
+@pytest.mark.filterwarnings("ignore:.*data_ptr.*")  # fake storages have no memory to point at
 def test_drop_neuron_fallback_on_cuda_saves_only_the_seed():
     """The fallback on a GPU saves the seed alone (fake CUDA tensors: no device needed); the Triton path's
     8 bytes are checked under the interpreter (``tests/test_triton_interpret.py``)."""
