@@ -38,9 +38,11 @@ kernels = triton_kernels("norm_act_drop")
 class Tables:
     """The fallback's per-channel ``(1, C)`` (BatchNorm) or per-(sample, channel) ``(N, C)`` (GroupNorm)
     constants from the ``(2, R, G)`` statistics, with the kernels' operations (``invstd = 1 / sqrt(var +
-    eps)``, each correctly rounded; ``shift = bias - mean * scale``). On the CPU they are computed in NumPy:
-    a dozen operations on C numbers cost less there than the dispatch of one PyTorch operation.
-    ``host`` holds the NumPy arrays (CPU only); the attributes are tensors (views of them on the CPU)."""
+    eps)``, each correctly rounded; ``shift = bias - mean * scale``). On the CPU they are computed in NumPy
+    (a dozen operations on C numbers cost less there than the dispatch of one PyTorch operation) and
+    ``host`` holds them; the tensor attributes are made when first read (views of the NumPy arrays)."""
+
+    _TENSORS = ("group_mean", "group_invstd", "mean", "invstd", "weight", "scale", "shift")
 
     def __init__(self, x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], stats: Tensor, num_groups: int,
                  eps: float):
@@ -53,7 +55,7 @@ class Tables:
             t = t.detach() if t.dtype == cd else t.detach().to(cd)
             return t.numpy() if on_cpu else t
 
-        group_mean, group_var = values(stats[0]), values(stats[1])  # (R, G)
+        group_mean, group_var = values(stats)  # (R, G) each
         group_invstd = 1 / xp.sqrt(group_var + eps)
         mean, invstd = group_mean, group_invstd
         if num_groups:  # (N, G) -> (N, C)
@@ -63,12 +65,20 @@ class Tables:
         w = None if weight is None else values(weight).reshape(1, C)
         scale = invstd if w is None else w * invstd
         shift = -(mean * scale) if bias is None else values(bias).reshape(1, C) - mean * scale
-        self.host = dict(scale=scale, shift=shift) if on_cpu else None
-        tensor = torch.from_numpy if on_cpu else (lambda a: a)
-        self.group_mean, self.group_invstd = tensor(group_mean), tensor(group_invstd)
-        self.mean, self.invstd = tensor(mean), tensor(invstd)
-        self.weight = None if w is None else tensor(w)
-        self.scale, self.shift = tensor(scale), tensor(shift)
+        arrays = dict(group_mean=group_mean, group_invstd=group_invstd, mean=mean, invstd=invstd, weight=w,
+                      scale=scale, shift=shift)
+        self.host = arrays if on_cpu else None
+        if not on_cpu:
+            self.__dict__.update(arrays)
+
+    def __getattr__(self, name: str):
+        # only on the CPU, for an attribute not read yet: the tensor view of its NumPy array
+        if name not in Tables._TENSORS or self.__dict__.get("host") is None:
+            raise AttributeError(name)
+        array = self.host[name]
+        value = None if array is None else torch.from_numpy(array)
+        setattr(self, name, value)
+        return value
 
 
 class Folded(NamedTuple):
@@ -164,7 +174,7 @@ def norm_act_drop_backward_torch(grad: Tensor, x: Tensor, tables: Tables, folded
     x32 = _upcast(x)
     dz = _upcast(grad)
     if act:
-        dz = torch.ops.aten.threshold_backward(dz, affine(x32, folded) if activated is None else activated, 0)
+        dz = torch.ops.aten.threshold_backward.default(dz, affine(x32, folded) if activated is None else activated, 0)
     elif folded.keep is not None:  # drop-channel without a ReLU: gate the dropped rows
         dz = dz * folded.keep
     if (folded.bits is not None or folded.dropped is not None) and not (act and activated is not None):
@@ -176,10 +186,10 @@ def norm_act_drop_backward_torch(grad: Tensor, x: Tensor, tables: Tables, folded
     trailing = (1,) * (x.dim() - 2)
     if num_groups:
         S = x.numel() // (N * C)
-        dx, dweight, dbias = torch.ops.aten.native_group_norm_backward(
+        dx, dweight, dbias = torch.ops.aten.native_group_norm_backward.default(
             dz, x32, tables.group_mean, tables.group_invstd, scaled_weight, N, C, S, num_groups, mask)
     elif batch_stats:
-        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward(
+        dx, dweight, dbias = torch.ops.aten.native_batch_norm_backward.default(
             dz, x32, scaled_weight, None, None, tables.mean.view(C), tables.invstd.view(C), True, eps, mask)
     else:  # running statistics are constants: dx = weight * invstd * dz
         dx, dweight, dbias = dz * (tables.scale.view(1, C, *trailing) * factor), None, dz.sum([0, *range(2, x.dim())])

@@ -71,7 +71,7 @@ def _backward(ctx, grad_out):
         activated = None  # the cast copy is the convolution's: recompute the ReLU mask rather than keep both
     stride, padding, dilation, groups = ctx.conv_args
     bias_sizes = [conv_weight.shape[0]] if ctx.has_conv_bias else None
-    grad_y, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward(
+    grad_y, grad_conv_weight, grad_conv_bias = torch.ops.aten.convolution_backward.default(
         grad_out, y, conv_weight, bias_sizes, stride, padding, dilation, False, [0, 0], groups,
         [True, ctx.needs_input_grad[5], ctx.has_conv_bias and ctx.needs_input_grad[6]])
     del y
