@@ -36,6 +36,7 @@ products wrap like unsigned 64-bit ones: the low half is ``prod & MASK`` and the
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import numpy as np
@@ -129,6 +130,12 @@ def _to_lanes(words: np.ndarray) -> int:
     return int.from_bytes(words.tobytes(), "little")
 
 
+@functools.lru_cache(maxsize=64)
+def _ones_in_lanes(n: int) -> int:
+    """The ``lanes`` argument of ``philox4x32`` for ``n`` counters: a 1 in each 64-bit lane."""
+    return _to_lanes(np.ones(n, np.uint64))
+
+
 def _from_lanes(value: int, n: int) -> np.ndarray:
     return np.frombuffer(value.to_bytes(8 * n, "little"), np.uint64)
 
@@ -141,7 +148,7 @@ def _words(counter, seed: torch.Tensor, level: int, n_words: int = 4):
         counter = counter.astype(np.uint64)  # the same bits: the counter's words
         n = counter.size
         if n <= _LANES_MAX_CALLS:
-            lanes = _to_lanes(np.ones(n, np.uint64))
+            lanes = _ones_in_lanes(n)
             words = philox4x32(_to_lanes(counter & MASK32), _to_lanes(counter >> 32), int(level) * lanes, 0, k0, k1,
                                lanes=lanes)
             return tuple(_from_lanes(w, n) for w in words[:n_words])
