@@ -205,11 +205,32 @@ _LANE_MASKS = {size: -np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axi
 _INT_OF_SIZE = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+# Elements per block of the packed-mask gate: the block's mask stays in cache between its two passes.
+_GATE_BLOCK = 1 << 16
+
+
 def zero_dropped_elements(dst: torch.Tensor, bits: torch.Tensor) -> None:
     """Write +0.0 into the elements of a CPU tensor (logical row-major order, any layout) whose keep
-    bit in ``bits`` is clear, by and-ing their bits with zero: one pass, and exact for any value."""
+    bit in ``bits`` is clear, by and-ing their bits with zero: exact for any value."""
     masks = np.take(_LANE_MASKS[dst.element_size()], bits.numpy(), axis=0).reshape(-1)[:dst.numel()]
     dst.view(_INT_OF_SIZE[dst.element_size()]).bitwise_and_(torch.from_numpy(masks).view(dst.shape))
+
+
+def gate_elements(src: torch.Tensor, dst: torch.Tensor, bits: torch.Tensor, scale: float) -> None:
+    """``dst = src * scale`` with +0.0 where the packed keep mask ``bits`` has a clear bit (CPU). Contiguous
+    tensors go in blocks whose lane masks stay in cache between the multiply and the and."""
+    if not (src.is_contiguous() and dst.is_contiguous()):
+        torch.mul(src, scale, out=dst)
+        zero_dropped_elements(dst, bits)
+        return
+    table = _LANE_MASKS[dst.element_size()]
+    flat_src, flat_dst, packed = src.view(-1), dst.view(-1), bits.numpy()
+    dst_bits = host_bits(flat_dst)
+    for start in range(0, src.numel(), _GATE_BLOCK):  # a multiple of 8: a block starts on a byte
+        stop = min(start + _GATE_BLOCK, src.numel())
+        torch.mul(flat_src[start:stop], scale, out=flat_dst[start:stop])
+        lane_masks = np.take(table, packed[start // 8:(stop + 7) // 8], axis=0).reshape(-1)[:stop - start]
+        np.bitwise_and(dst_bits[start:stop], lane_masks, out=dst_bits[start:stop])
 
 
 def neuron_keep(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.Tensor:

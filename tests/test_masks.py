@@ -136,3 +136,22 @@ def test_level_parse_takes_any_integral_number():
 def test_level_parse_rejects(value):
     with pytest.raises(ValueError, match=r"drop_type must be one of 0 / 'neuron', 1 / 'channel'"):
         DropLevel.parse(value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_packed_gate_in_blocks_is_the_whole_tensor_gate(monkeypatch, dtype):
+    """``gate_elements`` walks contiguous tensors in blocks (a tail block too); the non-contiguous path gates the
+    whole tensor at once: the same bits either way, +0.0 for every dropped element, whatever its value."""
+    x = torch.randn(5, 7, 11).to(dtype)
+    x.view(-1)[::5] = float("inf")
+    x.view(-1)[1::9] = -0.0
+    bits = masks.neuron_keep_bits(x.numel(), torch.tensor(4), 0.5)
+    monkeypatch.setattr(masks, "_GATE_BLOCK", 16)
+    blocks = torch.empty_like(x)
+    masks.gate_elements(x, blocks, bits, 2.0)
+    whole = torch.empty_like(x.transpose(0, 2)).transpose(0, 2)  # a non-contiguous output: the other path
+    masks.gate_elements(x, whole, bits, 2.0)
+    keep = ~masks.dropped_from_bits(bits, x.numel()).view(x.shape)
+    int_type = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
+    assert torch.equal(blocks.view(int_type), whole.contiguous().view(int_type))
+    assert torch.equal(blocks[keep], x[keep] * 2.0) and not blocks.view(int_type)[~keep].any()

@@ -90,6 +90,25 @@ def test_matches_eager_composition_with_the_same_mask(norm, shape, num_groups, l
         assert out[1].is_contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.parametrize("norm,shape,num_groups", CASES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("drop_type", ["channel", "neuron"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fallback_in_blocks_of_samples_is_bit_identical(monkeypatch, norm, shape, num_groups, layout, drop_type, dtype):
+    """Large tensors run the fallback's elementwise passes a few samples at a time: the same numbers, bit for bit,
+    forward and backward, as one pass over the whole tensor (here: one sample per block against one block)."""
+    from effdrop_triton.ops import norm_act_drop as module
+
+    x, weight, bias, grad = make_case(shape, dtype, layout)
+    fn = lambda a, w, b: norm_act_drop(a, w, b, norm=norm, num_groups=num_groups, drop_type=drop_type, p=0.3,  # noqa: E731
+                                       seed=5)
+    whole = forward_backward(fn, x, weight, bias, grad)
+    monkeypatch.setattr(module, "_BLOCK_ELEMENTS", 1)
+    blocks = forward_backward(fn, x, weight, bias, grad)
+    for a, b in zip(blocks, whole):
+        assert a.stride() == b.stride() and torch.equal(a, b)
+
+
 @pytest.mark.parametrize("drop_type", [0, 1])
 def test_numeric_drop_types_are_the_original_numbering(drop_type):
     x, weight, bias, _ = make_case((2, 4, 3, 3))

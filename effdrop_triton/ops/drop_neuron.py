@@ -33,8 +33,7 @@ def drop_neuron_torch(x: Tensor, seed: Tensor, p: float) -> Tensor:
 def _neuron_bits_gate(x: Tensor, bits: Tensor, p: float) -> Tensor:
     """``x`` scaled by ``1 / (1 - p)`` where its bit in the packed CPU mask is set, +0.0 elsewhere."""
     out = empty_dense_like(x)
-    torch.mul(x, masks.keep_scale(p), out=out)
-    masks.zero_dropped_elements(out, bits)
+    masks.gate_elements(x, out, bits, masks.keep_scale(p))
     return out
 
 

@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .. import masks
 from .._checks import Seed, check_float_tensor, check_p, check_seed, resolve_seed
-from .._layout import empty_dense_like, is_channels_minor
+from .._layout import empty_dense, empty_dense_like, is_channels_minor
 from ..backend import triton_kernels, use_triton
 from ..levels import INNER_LEVELS, DropLevel
 from ..masks import unit_keep_table
@@ -139,18 +139,34 @@ def _drop_neurons(z: Tensor, folded: Folded) -> Tensor:
     return z.masked_fill_(folded.dropped, 0) if folded.dropped is not None else z
 
 
-def affine(x: Tensor, folded: Folded) -> Tensor:
-    """``z' = x * scale' + shift'`` in the compute dtype, rounded twice as the kernels do (``addcmul``
-    would fuse the multiply-add, as PyTorch's BatchNorm transform does)."""
-    return torch.mul(_upcast(x), folded.scale).add_(folded.shift)
+# Samples per block of the fallback's elementwise passes: about this many elements, so that a block's three
+# passes (multiply, add, ReLU) run in cache rather than three times through memory.
+_BLOCK_ELEMENTS = 1 << 18
+
+
+def affine_act(x: Tensor, folded: Folded, act: bool) -> Tensor:
+    """``z' = x * scale' + shift'`` (then its ReLU, with ``act``) in the compute dtype and ``x``'s layout, rounded
+    twice as the kernels do (``addcmul`` would fuse the multiply-add, as PyTorch's BatchNorm transform
+    does), in blocks of samples."""
+    cd = compute_dtype(x.dtype)
+    z = empty_dense_like(x) if x.dtype == cd else empty_dense(x.shape, is_channels_minor(x), cd, x.device)
+    N = x.shape[0]
+    step = max(1, _BLOCK_ELEMENTS * N // max(x.numel(), 1))
+    scale, shift = folded.scale, folded.shift
+    per_sample = scale.shape[0] > 1  # drop-channel's or GroupNorm's (N, C) constants
+    for start in range(0, N, step):
+        block = slice(start, start + step)
+        z_block = z[block] if step < N else z
+        torch.mul(x[block] if step < N else x, scale[block] if per_sample and step < N else scale, out=z_block)
+        z_block.add_(shift[block] if per_sample and step < N else shift)
+        if act:
+            z_block.relu_()
+    return z
 
 
 def affine_act_drop_torch(x: Tensor, folded: Folded, act: bool) -> Tensor:
-    """``relu(z')`` then the neuron mask, in place on one buffer in the compute dtype."""
-    z = affine(x, folded)
-    if act:
-        z.relu_()
-    return _drop_neurons(z, folded)
+    """``relu(z')`` then the neuron mask, on one buffer in the compute dtype."""
+    return _drop_neurons(affine_act(x, folded, act), folded)
 
 
 def norm_act_drop_torch(x: Tensor, tables: Tables, seed: Optional[Tensor], p: float, act: bool,
@@ -169,12 +185,14 @@ def norm_act_drop_backward_torch(grad: Tensor, x: Tensor, tables: Tables, folded
     into the parameter gradients), and where there is a ReLU the dropped units need no pass of their
     own: their ``z'`` is +0, not positive. ``activated``: the forward's output in the compute dtype (with
     ``act``: positive exactly where the gradient passes), when the caller has it; else ``z'`` is recomputed
-    (two passes) and the neuron mask applied."""
+    and the neuron mask applied."""
     N, C = x.shape[0], x.shape[1]
     x32 = _upcast(x)
     dz = _upcast(grad)
     if act:
-        dz = torch.ops.aten.threshold_backward.default(dz, affine(x32, folded) if activated is None else activated, 0)
+        # z' is positive exactly where the gradient passes: the ReLU itself need not be recomputed
+        dz = torch.ops.aten.threshold_backward.default(dz, affine_act(x, folded, False) if activated is None else activated,
+                                                       0)
     elif folded.keep is not None:  # drop-channel without a ReLU: gate the dropped rows
         dz = dz * folded.keep
     if (folded.bits is not None or folded.dropped is not None) and not (act and activated is not None):
