@@ -54,8 +54,10 @@ N_ROUNDS = 10
 NEURON_BITS = 16
 UNIT_BITS = 32
 
-# Philox calls per chunk of the neuron mask: keeps the round's work buffers in the L2 cache.
+# Philox calls per chunk of the neuron mask: on the CPU, keeps the round's work buffers in the L2 cache;
+# on a GPU (the fallback there), bounds the int64 work buffers while keeping the launches few.
 _NEURON_CHUNK_CALLS = 1 << 14
+_DEVICE_CHUNK_CALLS = 1 << 17
 
 
 def neuron_threshold(p: float) -> int:
@@ -177,7 +179,8 @@ def unit_keep(units: torch.Tensor, seed: torch.Tensor, level: int, p: float) -> 
 def neuron_keep_bits(numel: int, seed: torch.Tensor, p: float) -> torch.Tensor:
     """The packed keep mask of ``numel`` elements on the CPU: ``ceil(numel / 8)`` uint8, bit ``j`` of
     byte ``g`` the keep bit of element ``8g + j`` (one Philox call per byte)."""
-    threshold = np.uint16(neuron_threshold(p)) if p > 0.0 else None  # p = 0: 2**16, every element kept
+    threshold = neuron_threshold(p)
+    threshold = np.uint16(threshold) if threshold < 1 << NEURON_BITS else None  # None: 2**16, every element kept
     calls = (numel + 7) // 8
     bits = np.empty(calls, np.uint8)
     # a call's four words side by side as uint32: viewed as uint16, its eight halves in element order
@@ -242,8 +245,8 @@ def neuron_keep(numel: int, seed: torch.Tensor, p: float, device=None) -> torch.
     threshold = neuron_threshold(p)
     calls = (numel + 7) // 8
     keep = torch.empty(calls * 8, dtype=torch.bool, device=device)
-    for start in range(0, calls, _NEURON_CHUNK_CALLS):
-        stop = min(calls, start + _NEURON_CHUNK_CALLS)
+    for start in range(0, calls, _DEVICE_CHUNK_CALLS):
+        stop = min(calls, start + _DEVICE_CHUNK_CALLS)
         counter = torch.arange(start, stop, dtype=torch.int64, device=device)
         words = torch.stack(philox_words(counter, seed, DropLevel.NEURON), dim=1)
         # element 8g + 2w + h takes half h of word w

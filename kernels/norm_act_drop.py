@@ -36,7 +36,7 @@ from .common import (CHANNEL, CHANNEL_GROUPS, CHANNEL_VECTORS, NEURON, ROW_GROUP
 def _affine(stats_ptr, weight_ptr, bias_ptr, n, c, N, C, G, eps, in_bounds, GROUPED: tl.constexpr,
             HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr):
     """``(mean, invstd, scale, shift)`` of (n, c) index tensors from the ``(2, R, G)`` statistics, in fp32
-    with correctly rounded square root and division (what the fallback's ``rsqrt`` gives on the CPU)."""
+    with correctly rounded square root and division (the fallback's ``1 / sqrt``)."""
     if GROUPED:
         row = n * G + c // (C // G)
         var_offset = N * G

@@ -155,3 +155,12 @@ def test_packed_gate_in_blocks_is_the_whole_tensor_gate(monkeypatch, dtype):
     int_type = {2: torch.int16, 4: torch.int32, 8: torch.int64}[x.element_size()]
     assert torch.equal(blocks.view(int_type), whole.contiguous().view(int_type))
     assert torch.equal(blocks[keep], x[keep] * 2.0) and not blocks.view(int_type)[~keep].any()
+
+
+@pytest.mark.parametrize("p", [1e-6, 2.0**-17])  # round((1 - p) * 2**16) is 2**16: every element kept
+def test_tiny_p_keeps_every_element(p):
+    import effdrop_triton as ed
+
+    assert bool(masks.neuron_keep(8 * 5 + 3, torch.tensor(9), p).all())
+    x = torch.randn(4, 3, 5)
+    torch.testing.assert_close(ed.drop_neuron(x, p, seed=9), x * masks.keep_scale(p), rtol=0, atol=0)

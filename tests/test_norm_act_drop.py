@@ -273,6 +273,24 @@ def test_conv_variant_matches_the_composition(norm, num_groups, layout, conv_bia
         torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-4)
 
 
+def test_conv_variant_first_order_gradient_under_create_graph():
+    """``create_graph=True`` runs backward with grad enabled: the fallback's eager shortcut must step aside for the
+    ops, which give the same first-order gradient (and refuse only a second one)."""
+    x, weight, bias, conv_weight, _ = _conv_case()
+    fn = lambda a, w: norm_act_drop_conv2d(a, w, bias, None, None, conv_weight, None, padding=1, groups=2,  # noqa: E731
+                                           p=0.2, seed=3)
+    a, w = leaves(x, weight)
+    out = fn(a, w)
+    grad = torch.randn(out.shape, generator=torch.Generator().manual_seed(8))
+    expected = torch.autograd.grad((out * grad).sum(), (a, w))
+    a, w = leaves(x, weight)
+    got = torch.autograd.grad((fn(a, w) * grad).sum(), (a, w), create_graph=True)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-6, atol=1e-6)
+    with pytest.raises(RuntimeError, match="double backward"):
+        got[0].sum().backward()
+
+
 def test_conv_variant_padding_same_and_input_stats():
     x, weight, bias, conv_weight, cbias = _conv_case()
     out, (mean, _) = norm_act_drop_conv2d(x, weight, bias, None, None, conv_weight[:, :3].repeat(1, 2, 1, 1), cbias,

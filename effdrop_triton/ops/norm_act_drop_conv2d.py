@@ -53,7 +53,8 @@ def _setup(ctx, inputs, output):
 def _backward(ctx, grad_out):
     x, weight, bias, stats, seed, conv_weight = ctx.saved_tensors
     num_groups, eps, act, level, p, batch_stats, use_triton = ctx.norm_args
-    eager_fallback = not use_triton and x.numel() and not traced(grad_out)
+    # create_graph=True runs backward with grad enabled: the ops (whose backward is not differentiable) again
+    eager_fallback = not use_triton and x.numel() and not torch.is_grad_enabled() and not traced(grad_out)
     activated = None
     if eager_fallback:  # the constants and the mask once for both passes; the rebuilt output gives the ReLU mask
         tables = Tables(x, weight, bias, stats, num_groups, eps)
