@@ -2,10 +2,10 @@
 dispatch.
 
 ``effdrop::drop_neuron`` (Triton, and the fallback off the CPU) saves only the seed: its backward is the
-same op on the gradient, regenerating the mask. On the CPU, where regenerating costs ten times the
-multiply, ``effdrop::drop_neuron_packed`` returns the mask packed to one bit per element beside the output
-and saves that (``numel / 8`` bytes, a 32nd of what ``F.dropout`` keeps in fp32); its backward gates the
-gradient with those bits (``effdrop::neuron_bits_gate``, its own derivative).
+same op on the gradient, regenerating the mask. On the CPU, where regenerating costs about twenty times
+the multiply, ``effdrop::drop_neuron_packed`` returns the mask packed to one bit per element beside the
+output and saves that (``ceil(numel / 8)`` bytes, a 32nd of what ``F.dropout`` keeps in fp32); its backward
+gates the gradient with those bits (``effdrop::neuron_bits_gate``, its own derivative).
 """
 
 from __future__ import annotations
