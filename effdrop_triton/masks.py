@@ -277,11 +277,8 @@ def unit_keep_table(N: int, C: int, seed: torch.Tensor, p: float, *, level: int,
     units = unit_base + xp.arange(-(-C // channels_per_unit))
     if per_sample:
         units = xp.arange(N)[:, None] * units_per_sample + units
-    if xp is np:
-        keep = torch.from_numpy(_words(units.reshape(-1), seed, level, n_words=1)[0] < unit_threshold(p))
-    else:
-        keep = unit_keep(units.to(device), seed.to(device), level, p)
-    keep = keep.view(-1 if per_sample else 1, units.shape[-1])
+    units = torch.from_numpy(units) if xp is np else units.to(device)
+    keep = unit_keep(units, seed.to(device), level, p).view(-1 if per_sample else 1, units.shape[-1])
     if channels_per_unit > 1:
         keep = keep.repeat_interleave(channels_per_unit, dim=1)[:, :C]
     return keep.expand(N, C)

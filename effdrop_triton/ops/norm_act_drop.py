@@ -17,6 +17,7 @@ On the Triton path it is two launches (``kernels/norm_act_drop.py``).
 
 from __future__ import annotations
 
+import itertools
 from typing import NamedTuple, Optional, Tuple, Union
 
 import numpy as np
@@ -152,13 +153,16 @@ def affine_act(x: Tensor, folded: Folded, act: bool) -> Tensor:
     z = empty_dense_like(x) if x.dtype == cd else empty_dense(x.shape, is_channels_minor(x), cd, x.device)
     N = x.shape[0]
     step = max(1, _BLOCK_ELEMENTS * N // max(x.numel(), 1))
-    scale, shift = folded.scale, folded.shift
-    per_sample = scale.shape[0] > 1  # drop-channel's or GroupNorm's (N, C) constants
-    for start in range(0, N, step):
-        block = slice(start, start + step)
-        z_block = z[block] if step < N else z
-        torch.mul(x[block] if step < N else x, scale[block] if per_sample and step < N else scale, out=z_block)
-        z_block.add_(shift[block] if per_sample and step < N else shift)
+
+    def blocks(t: Tensor):
+        return t.split(step) if step < N else (t,)
+
+    def constants(t: Tensor):  # per-channel constants serve every block; (N, C) ones are split with x
+        return blocks(t) if t.shape[0] > 1 else itertools.repeat(t)
+
+    for x_block, z_block, scale, shift in zip(blocks(x), blocks(z), constants(folded.scale), constants(folded.shift)):
+        torch.mul(x_block, scale, out=z_block)
+        z_block.add_(shift)
         if act:
             z_block.relu_()
     return z

@@ -68,7 +68,7 @@ def _backward(ctx, grad_out):
         y = norm_act_drop_op(x, weight, bias, stats, seed, *ctx.norm_args) if x.numel() else empty_dense_like(x)
     if y.dtype != conv_weight.dtype:
         y = y.to(conv_weight.dtype)
-    if activated is not None and (activated.dtype != y.dtype or not act):
+    if activated is not None and activated.dtype != y.dtype:
         activated = None  # the cast copy is the convolution's: recompute the ReLU mask rather than keep both
     stride, padding, dilation, groups = ctx.conv_args
     bias_sizes = [conv_weight.shape[0]] if ctx.has_conv_bias else None
